@@ -1,0 +1,1 @@
+"""opay: an Open Payments server for account servicing entities."""

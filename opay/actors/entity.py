@@ -1,0 +1,155 @@
+"""Entity hosting inside a shard: activation, one-at-a-time application, group commit, passivation.
+
+A shard applies a batch of commands. Commands are grouped by entity (each entity's
+mailbox for this batch) and applied in arrival order, one at a time, against that
+entity's in-memory state. All changed snapshots are then written in one pipelined
+round trip, and only then are replies released and the new states made current: a
+reply never reflects state that Redis does not hold.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable
+
+import msgspec
+import redis
+
+from opay.actors.messages import CONFLICT_RETRY, UNAVAILABLE, Command, Reply
+from opay.persistence import codec, keys
+from opay.persistence.snapshots import EntityWrite, SideEffect, SnapshotStore
+
+
+class Active(msgspec.Struct):
+    version: int
+    state: codec.EntityState
+    journal: dict[str, bytes]
+
+
+class Step:
+    """What one command does to one entity: a reply, maybe a new state, maybe side effects."""
+
+    def __init__(self, entity_id: str, now_ms: int, state: object, journal: dict[str, bytes], pending: dict[str, bytes]) -> None:
+        self.entity_id = entity_id
+        self.now_ms = now_ms
+        self.state = state
+        self.reply: Reply | None = None
+        self.effects: list[SideEffect] = []
+        self._journal = journal
+        self._pending = pending
+
+    def journal_entry(self, key: str) -> bytes | None:
+        return self._pending.get(key, self._journal.get(key))
+
+    def record(self, key: str, outcome: bytes) -> None:
+        self._pending[key] = outcome
+        self.effects.append(SideEffect("hset", keys.journal(self.entity_id), key, outcome))
+
+
+Handler = Callable[[Command, object, Step], None]
+
+
+class EntityHost:
+    def __init__(self, store: SnapshotStore, handlers: dict[type, Handler], max_active: int) -> None:
+        assert max_active > 0
+        self._store = store
+        self._handlers = handlers
+        self._max_active = max_active
+        self._active: OrderedDict[str, Active] = OrderedDict()
+
+    @property
+    def active_count(self) -> int:
+        return len(self._active)
+
+    def handle(self, commands: list[Command], now_ms: int) -> list[Reply]:
+        replies: list[Reply | None] = [None] * len(commands)
+        mailboxes: dict[str, list[int]] = {}
+        for position, command in enumerate(commands):
+            mailboxes.setdefault(command.entity_id, []).append(position)
+
+        present = self._activate(list(mailboxes), replies, mailboxes)
+        writes: list[EntityWrite] = []
+        staged: list[tuple[str, Active | None, object, dict[str, bytes]]] = []
+        for entity_id, positions in mailboxes.items():
+            if entity_id not in present:
+                continue
+            active = present[entity_id]
+            state: object = active.state if active else None
+            journal = active.journal if active else {}
+            pending: dict[str, bytes] = {}
+            effects: list[SideEffect] = []
+            for position in positions:
+                command = commands[position]
+                step = Step(entity_id, now_ms, state, journal, pending)
+                self._handlers[type(command)](command, state, step)
+                assert step.reply is not None, f"{type(command).__name__} left no reply"
+                state = step.state
+                effects += step.effects
+                replies[position] = step.reply
+            before = active.state if active else None
+            if state is not None and (effects or state is not before):
+                version = active.version if active else 0
+                writes.append(EntityWrite(entity_id, version, codec.encode(state), effects))
+                staged.append((entity_id, active, state, pending))
+
+        self._commit(writes, staged, replies, mailboxes)
+        assert all(reply is not None for reply in replies)
+        return replies  # type: ignore[return-value]
+
+    def _activate(
+        self, entity_ids: list[str], replies: list[Reply | None], mailboxes: dict[str, list[int]]
+    ) -> dict[str, Active | None]:
+        present: dict[str, Active | None] = {}
+        missing = []
+        for entity_id in entity_ids:
+            if entity_id in self._active:
+                self._active.move_to_end(entity_id)
+                present[entity_id] = self._active[entity_id]
+            else:
+                missing.append(entity_id)
+        try:
+            loaded = self._store.load_many(missing)
+        except redis.RedisError:
+            for entity_id in missing:
+                for position in mailboxes[entity_id]:
+                    replies[position] = UNAVAILABLE
+            return present
+        for entity_id, found in loaded.items():
+            if found.snapshot is None:
+                present[entity_id] = None
+                continue
+            active = Active(found.version, codec.decode_state(found.snapshot), found.journal)
+            present[entity_id] = active
+            self._remember(entity_id, active)
+        return present
+
+    def _commit(
+        self,
+        writes: list[EntityWrite],
+        staged: list[tuple[str, Active | None, object, dict[str, bytes]]],
+        replies: list[Reply | None],
+        mailboxes: dict[str, list[int]],
+    ) -> None:
+        try:
+            committed = self._store.write_many(writes)
+        except redis.RedisError:
+            # The outcome is unknown: some writes may have landed. Forget these entities so
+            # the next command re-reads whatever Redis holds; idempotency keys make retries safe.
+            committed = None
+        for n, (entity_id, active, state, pending) in enumerate(staged):
+            if committed is not None and committed[n]:
+                journal = active.journal if active else {}
+                journal.update(pending)
+                self._remember(entity_id, Active(writes[n].expected_version + 1, state, journal))  # type: ignore[arg-type]
+                continue
+            self._active.pop(entity_id, None)
+            failure = UNAVAILABLE if committed is None else CONFLICT_RETRY
+            for position in mailboxes[entity_id]:
+                replies[position] = failure
+
+    def _remember(self, entity_id: str, active: Active) -> None:
+        self._active[entity_id] = active
+        self._active.move_to_end(entity_id)
+        while len(self._active) > self._max_active:
+            # Passivation: the least recently used entity leaves memory; Redis holds it.
+            self._active.popitem(last=False)

@@ -1,0 +1,119 @@
+"""How an incoming-payment entity answers each command: domain rules plus the writes they imply."""
+
+from __future__ import annotations
+
+from opay.actors.entity import Step
+from opay.actors.messages import (
+    CompleteIncomingPayment,
+    CreditIncomingPayment,
+    Credited,
+    ExpireIncomingPayment,
+    Failed,
+    Nothing,
+    OpenIncomingPayment,
+    State,
+)
+from opay.domain import incoming_payment as rules
+from opay.domain.errors import DomainError
+from opay.persistence import codec, keys
+from opay.persistence.snapshots import SideEffect
+
+NOT_FOUND = Failed("not_found", "not_found", "no such incoming payment")
+
+
+def _failed(error: DomainError) -> Failed:
+    return Failed(error.kind, error.code, error.description, error.details)
+
+
+def _leave_due_set(entity_id: str) -> SideEffect:
+    return SideEffect("zrem", keys.DUE, b=entity_id)
+
+
+def open_payment(command: OpenIncomingPayment, state: rules.IncomingPayment | None, step: Step) -> None:
+    if state is not None:
+        step.reply = Failed("conflict", "exists", "an incoming payment with this id exists")
+        return
+    payment = command.payment
+    step.state = payment
+    step.effects += [
+        SideEffect("zadd", keys.index("ip", payment.wallet_address), payment.created_at_ms, command.entity_id),
+        SideEffect("zadd", keys.DUE, payment.expires_at_ms, command.entity_id),
+    ]
+    if payment.client is not None:
+        step.effects.append(
+            SideEffect("zadd", keys.index("ip", payment.wallet_address, payment.client), payment.created_at_ms, command.entity_id)
+        )
+    step.reply = State(payment)
+
+
+def credit(command: CreditIncomingPayment, state: rules.IncomingPayment | None, step: Step) -> None:
+    if state is None:
+        step.reply = NOT_FOUND
+        return
+    first = step.journal_entry(command.idempotency_key)
+    if first is not None:
+        outcome = codec.decode_outcome(first)
+        if outcome.amount != command.amount:
+            step.reply = Failed(
+                "conflict",
+                "idempotency_key_reused",
+                "this idempotency key was used for a different amount",
+                {"amount": str(outcome.amount)},
+            )
+        else:
+            step.reply = Credited(outcome, state.asset)
+        return
+    try:
+        after, outcome = rules.credit(state, command.amount, step.now_ms)
+    except DomainError as error:
+        step.reply = _failed(error)
+        return
+    step.state = after
+    step.record(command.idempotency_key, codec.encode(outcome))
+    if after.completed and not state.completed:
+        step.effects.append(_leave_due_set(command.entity_id))
+    step.reply = Credited(outcome, state.asset)
+
+
+def complete(command: CompleteIncomingPayment, state: rules.IncomingPayment | None, step: Step) -> None:
+    if state is None or not _in_scope(state, command):
+        step.reply = NOT_FOUND
+        return
+    try:
+        after = rules.complete(state, step.now_ms)
+    except DomainError as error:
+        step.reply = _failed(error)
+        return
+    if after is not state:
+        step.state = after
+        step.effects.append(_leave_due_set(command.entity_id))
+    step.reply = State(after)
+
+
+def expire(command: ExpireIncomingPayment, state: rules.IncomingPayment | None, step: Step) -> None:
+    if state is None:
+        step.reply = NOT_FOUND
+        return
+    after = rules.expire(state, step.now_ms)
+    if after is not None:
+        step.state = after
+        step.effects.append(_leave_due_set(command.entity_id))
+    elif state.completed or state.expired:
+        # Nothing left to do, but the due entry must go or the timer would keep firing.
+        step.state = state
+        step.effects.append(_leave_due_set(command.entity_id))
+    step.reply = Nothing()
+
+
+def _in_scope(state: rules.IncomingPayment, command: CompleteIncomingPayment) -> bool:
+    if command.wallet_address is not None and state.wallet_address != command.wallet_address:
+        return False
+    return command.client is None or state.client == command.client
+
+
+HANDLERS = {
+    OpenIncomingPayment: open_payment,
+    CreditIncomingPayment: credit,
+    CompleteIncomingPayment: complete,
+    ExpireIncomingPayment: expire,
+}

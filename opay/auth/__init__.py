@@ -1,0 +1,1 @@
+"""The GNAP authorization server and the resource server's view of its tokens."""

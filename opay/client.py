@@ -1,0 +1,69 @@
+"""A small Open Payments client that signs like the official SDK. Used by tests and benchmarks."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import httpx
+import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from opay.http import signatures
+
+
+def public_jwk(private_key: Ed25519PrivateKey, kid: str) -> dict[str, str]:
+    raw = private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return {"kid": kid, "x": base64.urlsafe_b64encode(raw).rstrip(b"=").decode(), "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA"}
+
+
+class SignedClient:
+    """Requests signed with one client key; `token` adds `Authorization: GNAP <token>`."""
+
+    def __init__(self, http: httpx.AsyncClient, wallet_address: str, private_key: Ed25519PrivateKey, keyid: str) -> None:
+        self.http = http
+        self.wallet_address = wallet_address
+        self.private_key = private_key
+        self.keyid = keyid
+
+    async def request(
+        self, method: str, url: str, *, json: Any = None, body: bytes | None = None, token: str | None = None, sign: bool = True
+    ) -> httpx.Response:
+        if body is None:
+            body = b"" if json is None else msgspec.json.encode(json)
+        headers: dict[str, str] = {}
+        if body:
+            headers["content-type"] = "application/json"
+        if token is not None:
+            headers["authorization"] = f"GNAP {token}"
+        if sign:
+            headers = signatures.sign(method=method, url=url, headers=headers, body=body, private_key=self.private_key, keyid=self.keyid)
+        return await self.http.request(method, url, content=body, headers=headers)
+
+    async def grant(self, auth_server: str, access: list[dict], client: Any = None) -> dict:
+        body = {"access_token": {"access": access}, "client": client if client is not None else self.wallet_address}
+        response = await self.request("POST", auth_server, json=body)
+        response.raise_for_status()
+        return response.json()
+
+
+class Operator:
+    def __init__(self, http: httpx.AsyncClient, url: str, token: str) -> None:
+        self.http = http
+        self.url = url
+        self.headers = {"authorization": f"Bearer {token}"}
+
+    async def post(self, path: str, json: Any) -> httpx.Response:
+        return await self.http.post(self.url + path, json=json, headers=self.headers)
+
+    async def wallet_address(self, path: str, asset_code: str = "USD", asset_scale: int = 2, public_name: str | None = None) -> dict:
+        response = await self.post("/wallet-addresses", {"path": path, "assetCode": asset_code, "assetScale": asset_scale, "publicName": public_name})
+        response.raise_for_status()
+        return response.json()
+
+    async def add_key(self, path: str, jwk: dict) -> httpx.Response:
+        return await self.post(f"/wallet-addresses/{path}/keys", jwk)
+
+    async def credit(self, incoming_payment: str, amount: str, key: str) -> httpx.Response:
+        return await self.post("/credits", {"incomingPayment": incoming_payment, "amount": amount, "idempotencyKey": key})

@@ -1,0 +1,1 @@
+"""Pure rules. Nothing here knows of Ray, Redis or HTTP."""

@@ -1,0 +1,29 @@
+"""Instants are integer milliseconds since the Unix epoch; the wire form is RFC 3339 UTC."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from opay.domain.errors import Invalid
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_MS = timedelta(milliseconds=1)
+
+
+def format_ms(instant_ms: int) -> str:
+    moment = _EPOCH + timedelta(milliseconds=instant_ms)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{instant_ms % 1000:03d}Z"
+
+
+def parse_rfc3339_ms(value: object, field: str) -> int:
+    """Sub-millisecond digits are truncated (floor), so a deadline is never moved later."""
+    error = Invalid("invalid_date_time", f"{field} must be an RFC 3339 date-time with an offset", {"field": field})
+    if not isinstance(value, str) or "T" not in value.upper():
+        raise error
+    try:
+        moment = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+    except ValueError:
+        raise error from None
+    if moment.tzinfo is None:
+        raise error
+    return (moment - _EPOCH) // _ONE_MS

@@ -1,0 +1,1 @@
+"""Starlette apps: resource server, wallet addresses, authorization server routes, operator API."""

@@ -1,0 +1,39 @@
+"""The two Starlette apps: the public server (Open Payments, GNAP, wallet addresses) and the operator API."""
+
+from __future__ import annotations
+
+import redis
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+
+from opay.domain.errors import DomainError
+from opay.http import errors, gnap, incoming_payments, operator, wallet_addresses
+from opay.http.services import Services
+
+
+def _exception_handlers() -> dict:
+    return {
+        errors.ApiError: errors.handle_api_error,
+        DomainError: errors.handle_domain_error,
+        redis.ConnectionError: errors.handle_unavailable,
+        redis.TimeoutError: errors.handle_unavailable,
+        redis.BusyLoadingError: errors.handle_unavailable,
+        HTTPException: errors.handle_not_found,
+        Exception: errors.handle_unexpected,
+    }
+
+
+def public_app(services: Services) -> Starlette:
+    # Wallet addresses come last: their catch-all path must not shadow the API routes.
+    app = Starlette(
+        routes=[*incoming_payments.ROUTES, *gnap.ROUTES, *wallet_addresses.ROUTES],
+        exception_handlers=_exception_handlers(),
+    )
+    app.state.services = services
+    return app
+
+
+def operator_app(services: Services) -> Starlette:
+    app = Starlette(routes=operator.ROUTES, exception_handlers=_exception_handlers())
+    app.state.services = services
+    return app

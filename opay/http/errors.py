@@ -1,0 +1,63 @@
+"""Every error leaves as {"error": {"code", "description", "details"?}} with the right status."""
+
+from __future__ import annotations
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from opay.domain.errors import DomainError
+
+STATUS_OF_KIND = {"invalid": 400, "conflict": 409, "not_found": 404, "forbidden": 403, "unauthorized": 401, "unavailable": 503}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, description: str, details: dict | None = None, headers: dict | None = None) -> None:
+        super().__init__(description)
+        self.status = status
+        self.code = code
+        self.description = description
+        self.details = details or {}
+        self.headers = headers or {}
+
+    @classmethod
+    def of(cls, kind: str, code: str, description: str, details: dict | None = None) -> "ApiError":
+        headers = {"Retry-After": "1"} if kind == "unavailable" else None
+        return cls(STATUS_OF_KIND[kind], code, description, details, headers)
+
+    @classmethod
+    def from_domain(cls, error: DomainError) -> "ApiError":
+        return cls.of(error.kind, error.code, error.description, error.details)
+
+
+def error_response(status: int, code: str, description: str, details: dict | None = None, headers: dict | None = None) -> Response:
+    error: dict = {"code": code, "description": description}
+    if details:
+        error["details"] = details
+    return Response(msgspec.json.encode({"error": error}), status_code=status, media_type="application/json", headers=headers)
+
+
+async def handle_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.code, exc.description, exc.details, exc.headers)
+
+
+async def handle_domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DomainError)
+    return error_response(STATUS_OF_KIND[exc.kind], exc.code, exc.description, exc.details)
+
+
+async def handle_unavailable(request: Request, exc: Exception) -> Response:
+    # Redis or a dependency is down: say so, never pretend the input was bad.
+    return error_response(503, "unavailable", "a backing service is unavailable; retry shortly", headers={"Retry-After": "1"})
+
+
+async def handle_not_found(request: Request, exc: Exception) -> Response:
+    status = getattr(exc, "status_code", 404)
+    if status == 405:
+        return error_response(405, "method_not_allowed", "method not allowed for this resource")
+    return error_response(404, "not_found", "no such resource")
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    return error_response(500, "internal_error", "an unexpected error occurred; nothing was acknowledged")

@@ -1,0 +1,156 @@
+"""Resource server: incoming payments (create, get, list, complete)."""
+
+from __future__ import annotations
+
+import uuid
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from opay.clock import now_ms
+from opay.actors.messages import CompleteIncomingPayment, OpenIncomingPayment, State
+from opay.domain import incoming_payment as rules
+from opay.domain.amounts import require_asset
+from opay.domain.incoming_payment import IncomingPayment
+from opay.domain.times import parse_rfc3339_ms
+from opay.http import wire
+from opay.http.errors import ApiError
+from opay.http.pagination import page_response, parse_page_query
+from opay.http.security import Authenticated, authenticate, bearer_token, unauthorized
+from opay.http.services import Services, read_body, services
+from opay.persistence import keys
+
+KIND = "ip"
+PATH = "/incoming-payments"
+
+
+def entity_id(payment_uuid: str) -> str:
+    return f"{KIND}:{payment_uuid}"
+
+
+
+def json(status: int, body: object) -> Response:
+    return Response(wire.encode(body), status_code=status, media_type="application/json")
+
+
+async def _authenticated(request: Request, s: Services, body: bytes) -> Authenticated:
+    token = bearer_token(request, s.settings)
+    if token is None:
+        raise unauthorized(s.settings, "missing_token", "an access token is required")
+    return await authenticate(
+        request, body, settings=s.settings, introspector=s.introspector, client_keys=s.client_keys, token=token
+    )
+
+
+def with_methods(s: Services, payment: IncomingPayment) -> dict:
+    view = wire.incoming_payment(payment, s.settings.resource_server_url)
+    if payment.completed or rules.is_expired(payment, now_ms()):
+        view["methods"] = []  # nothing can be paid into it any more
+    else:
+        credentials = s.mint.issue(payment.id)
+        view["methods"] = [
+            {"type": "ilp", "ilpAddress": credentials.ilp_address, "sharedSecret": credentials.shared_secret_b64url}
+        ]
+    return view
+
+
+async def create(request: Request) -> Response:
+    s = services(request)
+    body = await read_body(request, s.settings.body_max_bytes)
+    authenticated = await _authenticated(request, s, body)
+    parsed = wire.decode_body(body, wire.CreateIncomingPaymentBody)
+    principal = authenticated.require("incoming-payment", "create", parsed.walletAddress)
+    wallet = await s.wallet_by_url(parsed.walletAddress)
+    if wallet is None:
+        raise ApiError(400, "unknown_wallet_address", "walletAddress is not a wallet address of this server")
+    incoming_amount = None
+    if parsed.incomingAmount is not None:
+        incoming_amount, asset = parsed.incomingAmount.parse("incomingAmount")
+        require_asset(asset, wallet.asset, "incomingAmount")
+    expires_at = None if parsed.expiresAt is None else parse_rfc3339_ms(parsed.expiresAt, "expiresAt")
+    payment = rules.open_payment(
+        payment_id=str(uuid.uuid4()),
+        wallet_address=parsed.walletAddress,
+        client=principal.client.identity,
+        asset=wallet.asset,
+        incoming_amount=incoming_amount,
+        expires_at_ms=expires_at,
+        metadata=parsed.metadata,
+        now_ms=now_ms(),
+        expiry=rules.ExpiryPolicy(
+            s.settings.incoming_payment_default_expiry_seconds * 1000, s.settings.incoming_payment_max_expiry_seconds * 1000
+        ),
+    )
+    reply = await s.ask(OpenIncomingPayment(entity_id(payment.id), payment))
+    assert isinstance(reply, State)
+    return json(201, with_methods(s, reply.state))
+
+
+def _payment_uuid(request: Request) -> str:
+    raw = request.path_params["payment_id"]
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise ApiError(404, "not_found", "no such incoming payment") from None
+
+
+async def get(request: Request) -> Response:
+    s = services(request)
+    payment_uuid = _payment_uuid(request)
+    if "authorization" not in request.headers:
+        # The public view: enough for a payer to find the authorization server.
+        payment = await s.queries.entity(entity_id(payment_uuid))
+        if payment is None:
+            raise ApiError(404, "not_found", "no such incoming payment")
+        return json(200, {"receivedAmount": wire.amount(payment.received, payment.asset), "authServer": s.settings.auth_server_url})
+    authenticated = await _authenticated(request, s, b"")
+    authenticated.require("incoming-payment", "read", None)
+    payment = await s.queries.entity(entity_id(payment_uuid))
+    if payment is None or not _visible(authenticated, "read", payment):
+        raise ApiError(404, "not_found", "no such incoming payment")
+    return json(200, with_methods(s, payment))
+
+
+def _visible(authenticated: Authenticated, action: str, payment: IncomingPayment) -> bool:
+    """Another wallet address's or another client's payment is as good as absent."""
+    try:
+        principal = authenticated.require("incoming-payment", action, payment.wallet_address)
+    except ApiError:
+        return False
+    return principal.scope_client is None or principal.scope_client == payment.client
+
+
+async def complete(request: Request) -> Response:
+    s = services(request)
+    payment_uuid = _payment_uuid(request)
+    body = await read_body(request, s.settings.body_max_bytes)
+    authenticated = await _authenticated(request, s, body)
+    principal = authenticated.require("incoming-payment", "complete", None)
+    reply = await s.ask(
+        CompleteIncomingPayment(entity_id(payment_uuid), wallet_address=principal.permit.item.identifier, client=principal.scope_client)
+    )
+    assert isinstance(reply, State)
+    return json(200, wire.incoming_payment(reply.state, s.settings.resource_server_url))
+
+
+async def list_payments(request: Request) -> Response:
+    s = services(request)
+    query = parse_page_query(request, s.settings.list_page_default)
+    authenticated = await _authenticated(request, s, b"")
+    principal = authenticated.require("incoming-payment", "list", query.wallet_address)
+    index = keys.index(KIND, query.wallet_address, principal.scope_client)
+    return json(
+        200,
+        await page_response(
+            s.queries, index, query, KIND, lambda p: wire.incoming_payment(p, s.settings.resource_server_url)
+        ),
+    )
+
+
+ROUTES = [
+    Route(PATH, create, methods=["POST"]),
+    Route(PATH, list_payments, methods=["GET"]),
+    Route(PATH + "/{payment_id}", get, methods=["GET"]),
+    Route(PATH + "/{payment_id}/complete", complete, methods=["POST"]),
+]

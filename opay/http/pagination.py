@@ -1,0 +1,61 @@
+"""Cursor pagination as the spec states it: wallet-address, first or last (1-100), cursor.
+
+Items come in creation order; a cursor is the id (uuid) of an item on the previous page.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import msgspec
+from starlette.requests import Request
+
+from opay.http.errors import ApiError
+from opay.persistence.queries import CursorNotFound, Queries
+
+PAGE_MAX = 100
+
+
+class PageQuery(msgspec.Struct, frozen=True):
+    wallet_address: str
+    direction: str
+    count: int
+    cursor: str | None
+
+
+def _count(raw: str, name: str) -> int:
+    if not raw.isdigit() or not 1 <= int(raw) <= PAGE_MAX:
+        raise ApiError(400, "invalid_request", f"{name} must be an integer from 1 to {PAGE_MAX}")
+    return int(raw)
+
+
+def parse_page_query(request: Request, default_count: int) -> PageQuery:
+    params = request.query_params
+    wallet_address = params.get("wallet-address")
+    if not wallet_address:
+        raise ApiError(400, "invalid_request", "the wallet-address query parameter is required")
+    if "first" in params and "last" in params:
+        raise ApiError(400, "invalid_request", "give first or last, not both")
+    cursor = params.get("cursor")
+    if cursor is not None and not cursor:
+        raise ApiError(400, "invalid_request", "cursor must not be empty")
+    if "last" in params:
+        return PageQuery(wallet_address, "last", _count(params["last"], "last"), cursor)
+    count = _count(params["first"], "first") if "first" in params else default_count
+    return PageQuery(wallet_address, "first", count, cursor)
+
+
+async def page_response(
+    queries: Queries, index: str, query: PageQuery, kind: str, view: Callable[[object], dict]
+) -> dict:
+    try:
+        page = await queries.page(index, None if query.cursor is None else f"{kind}:{query.cursor}", query.direction, query.count)
+    except CursorNotFound:
+        raise ApiError(400, "invalid_cursor", "cursor does not name an item of this list") from None
+    pagination: dict = {}
+    if page.items:
+        pagination["startCursor"] = page.items[0].id
+        pagination["endCursor"] = page.items[-1].id
+    pagination["hasNextPage"] = page.has_next
+    pagination["hasPreviousPage"] = page.has_previous
+    return {"pagination": pagination, "result": [view(item) for item in page.items]}

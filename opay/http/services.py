@@ -1,0 +1,90 @@
+"""What the HTTP handlers share: settings, the shard router, stores, caches."""
+
+from __future__ import annotations
+
+import redis
+from starlette.requests import Request
+
+from opay.actors.messages import Command, Failed, Reply
+from opay.actors.router import ShardRouter
+from opay.auth.client_keys import ClientKeys
+from opay.auth.grants import GrantStore
+from opay.auth.introspection import Introspector
+from opay.http.errors import ApiError
+from opay.ilp.credentials import CredentialMint
+from opay.persistence.queries import Queries
+from opay.persistence.wallet_addresses import WalletAddress, WalletAddressStore
+from opay.settings import Settings
+
+
+class Services:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        router: ShardRouter,
+        queries: Queries,
+        wallets: WalletAddressStore,
+        grants: GrantStore,
+        introspector: Introspector,
+        client_keys: ClientKeys,
+        mint: CredentialMint,
+    ) -> None:
+        self.settings = settings
+        self.router = router
+        self.queries = queries
+        self.wallets = wallets
+        self.grants = grants
+        self.introspector = introspector
+        self.client_keys = client_keys
+        self.mint = mint
+        # Wallet addresses never change once created, so a hit never goes stale.
+        self._wallet_cache: dict[str, WalletAddress] = {}
+
+    def wallet_url(self, path: str) -> str:
+        return f"{self.settings.public_url}/{path}"
+
+    def wallet_path(self, url: str) -> str | None:
+        prefix = self.settings.public_url + "/"
+        return url[len(prefix) :] if url.startswith(prefix) and len(url) > len(prefix) else None
+
+    async def wallet(self, path: str) -> WalletAddress | None:
+        hit = self._wallet_cache.get(path)
+        if hit is not None:
+            return hit
+        found = await self.wallets.get(path)
+        if found is not None:
+            if len(self._wallet_cache) > 100_000:
+                self._wallet_cache.clear()
+            self._wallet_cache[path] = found
+        return found
+
+    async def wallet_by_url(self, url: str) -> WalletAddress | None:
+        path = self.wallet_path(url)
+        return None if path is None else await self.wallet(path)
+
+    async def ask(self, command: Command) -> Reply:
+        """A command's reply; a refusal becomes the matching API error."""
+        reply = await self.router.ask(command)
+        if isinstance(reply, Failed):
+            raise ApiError.of(reply.kind, reply.code, reply.description, reply.details)
+        return reply
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "body_too_large", f"the body must be at most {limit} bytes")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, "body_too_large", f"the body must be at most {limit} bytes")
+    return body
+
+
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)

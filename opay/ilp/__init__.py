@@ -1,0 +1,1 @@
+"""Interledger wire codecs: OER, ILPv4 packets and STREAM."""

@@ -1,0 +1,49 @@
+"""Every Redis key opay uses, in one place."""
+
+from __future__ import annotations
+
+PREFIX = "opay"
+DUE = f"{PREFIX}:due"
+
+
+def entity(entity_id: str) -> str:
+    """A hash {v: version, s: snapshot}."""
+    return f"{PREFIX}:e:{entity_id}"
+
+
+def journal(entity_id: str) -> str:
+    """A hash idempotency key -> first outcome, written atomically with the snapshot."""
+    return f"{PREFIX}:j:{entity_id}"
+
+
+def index(kind: str, wallet_address: str, client: str | None = None) -> str:
+    """A sorted set of entity ids by creation time: all of a wallet address's, or one client's."""
+    owner = wallet_address if client is None else f"{wallet_address}|{client}"
+    return f"{PREFIX}:ix:{kind}:{owner}"
+
+
+def wallet_address(path: str) -> str:
+    return f"{PREFIX}:wa:{path}"
+
+
+WALLET_ADDRESSES = f"{PREFIX}:wa-all"
+
+
+def wallet_keys(path: str) -> str:
+    return f"{PREFIX}:wa-keys:{path}"
+
+
+def grant(grant_id: str) -> str:
+    return f"{PREFIX}:grant:{grant_id}"
+
+
+def token(token_digest: str) -> str:
+    return f"{PREFIX}:token:{token_digest}"
+
+
+def token_by_id(token_id: str) -> str:
+    return f"{PREFIX}:token-id:{token_id}"
+
+
+REVOCATIONS_CHANNEL = f"{PREFIX}:revoked"
+STREAM_SECRET = f"{PREFIX}:stream-secret"

@@ -1,0 +1,133 @@
+"""Wire the parts together and serve: Redis, Ray shards, the two HTTP servers, timers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import signal
+
+import httpx
+import redis.asyncio as aioredis
+import uvicorn
+
+from opay.actors import timers
+from opay.actors.router import ShardRouter
+from opay.auth.client_keys import ClientKeys
+from opay.auth.grants import GrantStore
+from opay.auth.introspection import Introspector
+from opay.http.app import operator_app, public_app
+from opay.http.services import Services
+from opay.ilp.credentials import SECRET_BYTES, CredentialMint
+from opay.persistence import keys
+from opay.persistence.queries import Queries
+from opay.persistence.wallet_addresses import WalletAddressStore
+from opay.settings import Settings
+
+log = logging.getLogger("opay")
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[override]
+        # One process, two servers: signals are handled once, for both, in serve().
+        yield
+
+
+async def stream_secret(client: aioredis.Redis, settings: Settings) -> bytes:
+    """OPAY_STREAM_SECRET (base64url), else one generated once and kept in Redis, so every
+    front end and every restart mints and opens the same credentials."""
+    if settings.stream_secret:
+        secret = base64.urlsafe_b64decode(settings.stream_secret + "=" * (-len(settings.stream_secret) % 4))
+    else:
+        await client.set(keys.STREAM_SECRET, os.urandom(SECRET_BYTES), nx=True)
+        secret = await client.get(keys.STREAM_SECRET)
+    if len(secret) != SECRET_BYTES:
+        raise ValueError(f"the STREAM secret must be {SECRET_BYTES} bytes")
+    return secret
+
+
+async def _forget_revoked(client: aioredis.Redis, introspector: Introspector) -> None:
+    while True:
+        try:
+            async with client.pubsub() as pubsub:
+                await pubsub.subscribe(keys.REVOCATIONS_CHANNEL)
+                async for message in pubsub.listen():
+                    if message["type"] == "message":
+                        introspector.forget(message["data"].decode())
+        except Exception as error:  # a dropped subscription is retried, never fatal
+            log.warning("revocation listener: %s", error)
+            await asyncio.sleep(1)
+
+
+async def serve(settings: Settings, redis_url: str, shards: list, *, show_token: bool) -> None:
+    client = aioredis.Redis.from_url(
+        redis_url, socket_timeout=settings.redis_timeout_seconds, socket_connect_timeout=settings.redis_timeout_seconds
+    )
+    http = httpx.AsyncClient(limits=httpx.Limits(max_connections=100))
+    wallets = WalletAddressStore(client)
+    grants = GrantStore(client, settings.access_token_seconds)
+    introspector = Introspector(
+        local=None if settings.introspection_url else grants,
+        url=settings.introspection_url,
+        bearer=settings.operator_token,
+        http=http,
+        cache_seconds=settings.introspection_cache_seconds,
+        timeout_seconds=settings.introspection_timeout_seconds,
+    )
+    grants.on_revoke(introspector.forget)
+    router = ShardRouter(
+        shards, batch_max=settings.batch_max, in_flight=settings.batches_in_flight, call_timeout_seconds=settings.shard_call_timeout_seconds
+    )
+    services = Services(
+        settings=settings,
+        router=router,
+        queries=Queries(client),
+        wallets=wallets,
+        grants=grants,
+        introspector=introspector,
+        client_keys=ClientKeys(
+            public_url=settings.public_url,
+            wallets=wallets,
+            http=http,
+            cache_seconds=settings.jwks_cache_seconds,
+            timeout_seconds=settings.jwks_fetch_timeout_seconds,
+        ),
+        mint=CredentialMint(await stream_secret(client, settings), settings.ilp_address),
+    )
+    servers = [
+        _Server(uvicorn.Config(app, host=host, port=port, lifespan="off", access_log=False, log_level="warning", http="httptools"))
+        for app, host, port in (
+            (public_app(services), settings.host, settings.port),
+            (operator_app(services), settings.operator_host, settings.operator_port),
+        )
+    ]
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: [setattr(server, "should_exit", True) for server in servers])
+    background = [
+        asyncio.create_task(timers.run(client, router, settings.timer_interval_seconds, settings.timer_batch_max)),
+        asyncio.create_task(_forget_revoked(client, introspector)),
+    ]
+    announce = asyncio.create_task(_announce(settings, servers, show_token))
+    try:
+        await asyncio.gather(*(server.serve() for server in servers))
+    finally:
+        for task in [*background, announce]:
+            task.cancel()
+        await asyncio.gather(*background, announce, return_exceptions=True)
+        await router.close()
+        await http.aclose()
+        await client.aclose()
+
+
+async def _announce(settings: Settings, servers: list[_Server], show_token: bool) -> None:
+    while not all(server.started for server in servers):
+        await asyncio.sleep(0.05)
+    print(f"opay public API   {settings.public_url}  (listening on {settings.host}:{settings.port})", flush=True)
+    print(f"opay operator API http://{settings.operator_host}:{settings.operator_port}", flush=True)
+    if show_token:
+        print(f"opay operator token {settings.operator_token}  (generated: set OPAY_OPERATOR_TOKEN to choose one)", flush=True)
+    print("opay ready; Ctrl-C stops everything it started", flush=True)

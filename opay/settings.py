@@ -1,0 +1,87 @@
+"""One settings object, read from OPAY_* environment variables.
+
+Every field has an embedded default so `opay serve` needs no configuration; each
+limit the server enforces is named here so an operator can see and change it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+import msgspec
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    public_url: str = "http://127.0.0.1:8000"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    operator_host: str = "127.0.0.1"
+    operator_port: int = 8001
+    operator_token: str = ""
+    data_dir: str = "./var"
+    # Empty: opay starts its own redis-server under data_dir on redis_port.
+    redis_url: str = ""
+    redis_port: int = 6399
+    # Empty: opay starts a local Ray.
+    ray_address: str = ""
+    shards: int = 0  # 0: one per CPU
+    ilp_address: str = "test.opay"
+    # base64url of 32 bytes; empty: generated on first start and kept in Redis.
+    stream_secret: str = ""
+    incoming_payment_default_expiry_seconds: int = 24 * 3600
+    incoming_payment_max_expiry_seconds: int = 30 * 24 * 3600
+    access_token_seconds: int = 3600
+    signature_max_age_seconds: int = 300
+    signature_max_skew_seconds: int = 30
+    # Empty: the resource server asks the authorization server in this process.
+    introspection_url: str = ""
+    introspection_cache_seconds: float = 5.0
+    introspection_timeout_seconds: float = 2.0
+    jwks_cache_seconds: float = 30.0
+    jwks_fetch_timeout_seconds: float = 2.0
+    batch_max: int = 256
+    batches_in_flight: int = 2
+    shard_call_timeout_seconds: float = 10.0
+    shard_max_active_entities: int = 100_000
+    redis_timeout_seconds: float = 5.0
+    timer_interval_seconds: float = 1.0
+    timer_batch_max: int = 500
+    body_max_bytes: int = 64 * 1024
+    list_page_default: int = 20
+
+    @property
+    def resource_server_url(self) -> str:
+        return self.public_url
+
+    @property
+    def auth_server_url(self) -> str:
+        return f"{self.public_url}/auth"
+
+    def shard_count(self) -> int:
+        return self.shards if self.shards > 0 else (os.cpu_count() or 1)
+
+
+_INT_FIELDS = {f for f, t in Settings.__annotations__.items() if t == "int"}
+_FLOAT_FIELDS = {f for f, t in Settings.__annotations__.items() if t == "float"}
+
+
+def from_environment(environ: dict[str, str] | None = None) -> Settings:
+    environ = dict(os.environ if environ is None else environ)
+    values: dict[str, object] = {}
+    for field in Settings.__struct_fields__:
+        raw = environ.get(f"OPAY_{field.upper()}")
+        if raw is None or raw == "":
+            continue
+        if field in _INT_FIELDS:
+            values[field] = int(raw)
+        elif field in _FLOAT_FIELDS:
+            values[field] = float(raw)  # durations only; money never passes through here
+        else:
+            values[field] = raw
+    settings = Settings(**values)
+    if settings.public_url.endswith("/"):
+        raise ValueError("OPAY_PUBLIC_URL must not end with '/': the SDK joins paths onto it")
+    if not settings.operator_token:
+        settings = msgspec.structs.replace(settings, operator_token=secrets.token_urlsafe(24))
+    return settings
