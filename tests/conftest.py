@@ -1,0 +1,72 @@
+"""Shared fixtures: one real opay server for the session, and fresh wallets per test."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from opay.client import Operator, SignedClient, public_jwk
+from tests.support import OpayServer
+
+INCOMING_ALL = ["create", "read", "list", "complete"]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    process = OpayServer(Path(tmp_path_factory.mktemp("opay")))
+    process.start()
+    yield process
+    process.stop()
+
+
+@dataclass
+class World:
+    """A receiving wallet address, a client app with a registered key, and the operator."""
+
+    server: OpayServer
+    http: httpx.AsyncClient
+    operator: Operator
+    receiver: dict
+    client_wallet: dict
+    client: SignedClient
+
+    async def token(self, access: list[dict] | None = None, client: SignedClient | None = None) -> str:
+        access = access or [{"type": "incoming-payment", "actions": INCOMING_ALL}]
+        grant = await (client or self.client).grant(self.receiver["authServer"], access)
+        return grant["access_token"]["value"]
+
+    async def new_client(self, name: str) -> SignedClient:
+        wallet = await self.operator.wallet_address(f"{name}-{uuid.uuid4().hex[:10]}")
+        key = Ed25519PrivateKey.generate()
+        (await self.operator.add_key(wallet["id"].rsplit("/", 1)[1], public_jwk(key, "key-1"))).raise_for_status()
+        return SignedClient(self.http, wallet["id"], key, "key-1")
+
+    async def create_payment(self, token: str, **body) -> httpx.Response:
+        return await self.client.request(
+            "POST", f"{self.server.public_url}/incoming-payments", json={"walletAddress": self.receiver["id"], **body}, token=token
+        )
+
+
+async def make_world(server: OpayServer, http: httpx.AsyncClient) -> World:
+    operator = Operator(http, server.operator_url, server.operator_token)
+    receiver = await operator.wallet_address(f"alice-{uuid.uuid4().hex[:10]}", "USD", 2, "Alice")
+    world = World(server, http, operator, receiver, {}, None)  # type: ignore[arg-type]
+    world.client = await world.new_client("app")
+    world.client_wallet = {"id": world.client.wallet_address}
+    return world
+
+
+@pytest.fixture
+async def world(server: OpayServer):
+    async with httpx.AsyncClient(timeout=30) as http:
+        yield await make_world(server, http)

@@ -1,0 +1,119 @@
+"""Run a real `opay serve` (own redis-server with AOF, own local Ray) for tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+READY_TIMEOUT_SECONDS = 120
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port_free(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) != 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"port {port} still in use")
+
+
+class OpayServer:
+    """One server process group; ports and data dir stay fixed across restarts."""
+
+    def __init__(self, data_dir: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.operator_port = free_port()
+        self.redis_port = free_port()
+        self.operator_token = "test-operator-token"
+        self.public_url = f"http://127.0.0.1:{self.port}"
+        self.operator_url = f"http://127.0.0.1:{self.operator_port}"
+        self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        self.extra_env = extra_env or {}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir / "serve.log"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OPAY_")}
+        env.update(
+            {
+                "OPAY_PORT": str(self.port),
+                "OPAY_PUBLIC_URL": self.public_url,
+                "OPAY_OPERATOR_PORT": str(self.operator_port),
+                "OPAY_OPERATOR_TOKEN": self.operator_token,
+                "OPAY_REDIS_PORT": str(self.redis_port),
+                "OPAY_DATA_DIR": str(self.data_dir),
+                "OPAY_SHARDS": "2",
+                "RAY_USAGE_STATS_ENABLED": "0",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def start(self) -> "OpayServer":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        wait_port_free(self.redis_port)
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "opay.cli", "serve"],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"opay serve exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                answer = httpx.get(f"{self.operator_url}/health", headers=self.operator_headers, timeout=1.0)
+                if answer.status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"opay serve not ready:\n{self.log()}")
+
+    @property
+    def operator_headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.operator_token}"}
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""
+
+    def kill9(self) -> None:
+        """kill -9 of the whole server: the serve process, its redis-server and its Ray."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
