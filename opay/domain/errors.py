@@ -27,3 +27,9 @@ class Conflict(DomainError):
 
 class NotFound(DomainError):
     kind = "not_found"
+
+
+class Forbidden(DomainError):
+    """The grant behind the request does not allow this (e.g. its limits are spent)."""
+
+    kind = "forbidden"

@@ -1,0 +1,104 @@
+"""What an outgoing-payment grant has spent, against the limits the user consented to.
+
+One ledger per grant, changed one payment at a time by its entity actor, so payments
+under one grant can never together pass its limits. With an interval, spending counts
+per repetition: a payment in a new repetition starts from zero.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from opay.domain.amounts import Asset
+from opay.domain.errors import Forbidden, Invalid
+from opay.domain.intervals import RepeatingInterval, window_at
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    debit: int | None = None
+    debit_asset: Asset | None = None
+    receive: int | None = None
+    receive_asset: Asset | None = None
+    receiver: str | None = None
+    interval: RepeatingInterval | None = None
+
+
+class GrantSpend(msgspec.Struct, frozen=True, kw_only=True, tag="grant"):
+    id: str
+    window: int = -1  # repetition the spent amounts belong to; -1 without an interval
+    spent_debit: int = 0
+    spent_receive: int = 0
+
+
+class Reservation(msgspec.Struct, frozen=True, kw_only=True):
+    """One payment's share, kept per payment id so a retry or a release is exact."""
+
+    debit: int
+    receive: int
+    window: int
+    released: bool = False
+
+
+def current_window(limits: Limits, now_ms: int) -> int:
+    if limits.interval is None:
+        return -1
+    window = window_at(limits.interval, now_ms)
+    if window is None:
+        raise Forbidden("grant_interval_inactive", "the grant's interval has not started or has ended")
+    return window.index
+
+
+def spent_now(state: GrantSpend, limits: Limits, now_ms: int) -> GrantSpend:
+    """The ledger as of now: a new repetition starts from zero."""
+    window = current_window(limits, now_ms)
+    if window != state.window:
+        return msgspec.structs.replace(state, window=window, spent_debit=0, spent_receive=0)
+    return state
+
+
+def reserve(
+    state: GrantSpend,
+    limits: Limits,
+    *,
+    debit: int,
+    debit_asset: Asset,
+    receive: int,
+    receive_asset: Asset,
+    receiver: str,
+    now_ms: int,
+) -> tuple[GrantSpend, Reservation]:
+    if limits.receiver is not None and limits.receiver != receiver:
+        raise Forbidden("insufficient_grant", "the grant does not allow paying this receiver")
+    state = spent_now(state, limits, now_ms)
+    if limits.debit is not None:
+        if limits.debit_asset != debit_asset:
+            raise Invalid("invalid_asset", "the payment's debit asset differs from the grant's debit limit")
+        if state.spent_debit + debit > limits.debit:
+            raise Forbidden(
+                "grant_limit_exceeded",
+                "the payment would spend past the grant's debitAmount limit",
+                {"spentDebitAmount": str(state.spent_debit), "limit": str(limits.debit)},
+            )
+    if limits.receive is not None:
+        if limits.receive_asset != receive_asset:
+            raise Invalid("invalid_asset", "the payment's receive asset differs from the grant's receiveAmount limit")
+        if state.spent_receive + receive > limits.receive:
+            raise Forbidden(
+                "grant_limit_exceeded",
+                "the payment would spend past the grant's receiveAmount limit",
+                {"spentReceiveAmount": str(state.spent_receive), "limit": str(limits.receive)},
+            )
+    after = msgspec.structs.replace(state, spent_debit=state.spent_debit + debit, spent_receive=state.spent_receive + receive)
+    return after, Reservation(debit=debit, receive=receive, window=state.window)
+
+
+def release(state: GrantSpend, reservation: Reservation) -> tuple[GrantSpend, Reservation]:
+    """Give a failed payment's share back, if it still counts in the current repetition."""
+    if reservation.released:
+        return state, reservation
+    if reservation.window == state.window:
+        state = msgspec.structs.replace(
+            state, spent_debit=state.spent_debit - reservation.debit, spent_receive=state.spent_receive - reservation.receive
+        )
+    assert state.spent_debit >= 0 and state.spent_receive >= 0
+    return state, msgspec.structs.replace(reservation, released=True)

@@ -1,0 +1,73 @@
+"""An outgoing payment's lifecycle: funding -> sending -> completed, or failed with a reason.
+
+201 on create means the payment is durably stored in `funding`: no money has moved.
+The ASE funds it (or an auto-fund policy does); settlement then delivers exactly the
+quoted receive amount, once, and the payment completes or fails with its reason.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from opay.domain.amounts import Asset
+from opay.domain.errors import Conflict
+
+Phase = Literal["funding", "sending", "completed", "failed"]
+
+
+class OutgoingPayment(msgspec.Struct, frozen=True, kw_only=True, tag="op"):
+    id: str
+    wallet_address: str
+    client: str | None
+    grant_id: str
+    quote_id: str | None
+    receiver: str
+    debit_asset: Asset
+    receive_asset: Asset
+    debit: int
+    receive: int
+    fee: int
+    metadata: dict | None = None
+    created_at_ms: int
+    phase: Phase = "funding"
+    sent: int = 0
+    failure: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.phase == "failed"
+
+    @property
+    def settled(self) -> bool:
+        return self.phase in ("completed", "failed")
+
+
+def fund(payment: OutgoingPayment) -> OutgoingPayment:
+    """Funding twice is harmless; a settled payment cannot be funded."""
+    if payment.phase == "funding":
+        return msgspec.structs.replace(payment, phase="sending")
+    if payment.phase == "sending":
+        return payment
+    raise Conflict("already_settled", f"the outgoing payment is {payment.phase}")
+
+
+def cancel(payment: OutgoingPayment, reason: str) -> OutgoingPayment:
+    """The ASE declines to fund it: only before any money is sent."""
+    if payment.phase != "funding":
+        raise Conflict("not_cancellable", f"the outgoing payment is {payment.phase}")
+    return msgspec.structs.replace(payment, phase="failed", failure=reason)
+
+
+def delivered(payment: OutgoingPayment) -> OutgoingPayment:
+    """The receiver got exactly `receive`; the principal (debit less fee) was sent."""
+    if payment.phase != "sending":
+        return payment
+    return msgspec.structs.replace(payment, phase="completed", sent=payment.debit - payment.fee)
+
+
+def undeliverable(payment: OutgoingPayment, reason: str) -> OutgoingPayment:
+    if payment.phase != "sending":
+        return payment
+    return msgspec.structs.replace(payment, phase="failed", failure=reason)

@@ -1,0 +1,95 @@
+"""Quotes: a binding price for one payment, valid until expiresAt, usable once."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import msgspec
+
+from opay.domain import exchange
+from opay.domain.amounts import UINT64_MAX, Asset
+from opay.domain.errors import Conflict, Invalid
+
+
+class Quote(msgspec.Struct, frozen=True, kw_only=True, tag="quote"):
+    id: str
+    wallet_address: str
+    client: str | None
+    receiver: str
+    debit_asset: Asset
+    receive_asset: Asset
+    debit: int
+    receive: int
+    fee: int
+    expires_at_ms: int
+    created_at_ms: int
+    used_by: str | None = None
+
+
+class Price(msgspec.Struct, frozen=True):
+    debit: int
+    receive: int
+    fee: int
+
+
+def price(
+    *,
+    debit: int | None,
+    receive: int | None,
+    rate: Fraction,
+    sender: Asset,
+    receiver: Asset,
+    fees: exchange.FeeSchedule,
+    remaining: int | None,
+) -> Price:
+    """Fixed send (debit given), fixed receive (receive given), or the receiver's remainder."""
+    if debit is not None and receive is not None:
+        raise Invalid("invalid_request", "give debitAmount or receiveAmount, not both")
+    per_unit = exchange.unit_rate(rate, sender, receiver)
+    if debit is None and receive is None:
+        if remaining is None:
+            raise Invalid("invalid_request", "the receiver has no incomingAmount: give debitAmount or receiveAmount")
+        receive = remaining
+        if receive == 0:
+            raise Invalid("invalid_receiver", "the receiver has nothing left to receive")
+    if receive is not None:
+        if receive <= 0:
+            raise Invalid("invalid_amount", "receiveAmount must be greater than zero", {"field": "receiveAmount"})
+        if remaining is not None and receive > remaining:
+            raise Invalid("invalid_amount", "receiveAmount exceeds what the receiver still accepts", {"remaining": str(remaining)})
+        principal = exchange.principal_for(receive, per_unit)
+        total = principal + exchange.fee(principal, fees)
+        if total > UINT64_MAX:
+            raise Invalid("invalid_amount", "the debit for this receiveAmount exceeds the uint64 range")
+        return Price(debit=total, receive=receive, fee=total - principal)
+    assert debit is not None
+    if debit <= 0:
+        raise Invalid("invalid_amount", "debitAmount must be greater than zero", {"field": "debitAmount"})
+    principal = exchange.principal_within(debit, fees)
+    delivered = exchange.receive_for(principal, per_unit)
+    if delivered == 0:
+        least = exchange.principal_for(1, per_unit)
+        raise Invalid(
+            "amount_too_small",
+            "debitAmount is too small to deliver anything after fees",
+            {"minSendAmount": str(least + exchange.fee(least, fees))},
+        )
+    if remaining is not None and delivered > remaining:
+        raise Invalid("invalid_amount", "debitAmount would deliver more than the receiver still accepts", {"remaining": str(remaining)})
+    return Price(debit=debit, receive=delivered, fee=debit - principal)
+
+
+def use(quote: Quote, payment_id: str, now_ms: int) -> Quote:
+    """Bind the quote to one outgoing payment. Binding it again to the same one is a no-op."""
+    if quote.used_by == payment_id:
+        return quote
+    if quote.used_by is not None:
+        raise Conflict("quote_used", "the quote already backs an outgoing payment")
+    if now_ms >= quote.expires_at_ms:
+        raise Conflict("quote_expired", "the quote has expired")
+    return msgspec.structs.replace(quote, used_by=payment_id)
+
+
+def unuse(quote: Quote, payment_id: str) -> Quote:
+    """Release the binding when the payment could not be created (e.g. over its grant's limits)."""
+    return msgspec.structs.replace(quote, used_by=None) if quote.used_by == payment_id else quote
