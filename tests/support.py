@@ -75,7 +75,12 @@ class OpayServer:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except BaseException:
+            # A server that never became ready must not outlive the test that started it.
+            self.kill9()
+            raise
         return self
 
     def wait_ready(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 
 from opay.domain.errors import Invalid
@@ -27,3 +28,15 @@ def parse_rfc3339_ms(value: object, field: str) -> int:
     if moment.tzinfo is None:
         raise error
     return (moment - _EPOCH) // _ONE_MS
+
+
+# RFC 3339 §5.6 date-time (the JSON Schema `date-time` format): extended form, seconds
+# required, an offset required. fromisoformat alone also takes ISO 8601 basic and week forms.
+_RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})")
+
+
+def parse_date_time(value: object, field: str) -> int:
+    """A wire `date-time` field: exactly RFC 3339, then as parse_rfc3339_ms."""
+    if not isinstance(value, str) or _RFC3339.fullmatch(value) is None:
+        raise Invalid("invalid_date_time", f"{field} must be an RFC 3339 date-time with an offset", {"field": field})
+    return parse_rfc3339_ms(value, field)

@@ -7,7 +7,7 @@ be signed by the same client the grant was issued to.
 
 from __future__ import annotations
 
-
+import httpx
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
@@ -39,11 +39,23 @@ class GrantRequest(msgspec.Struct, frozen=True):
 
 
 
+def _wallet_address(raw: str) -> ClientRef:
+    # Not a URL we could fetch keys from is bad input (400), not an outage (503).
+    try:
+        url = httpx.URL(raw)
+        usable = url.scheme in ("http", "https") and bool(url.host) and (url.port is None or 0 < url.port < 65536)
+    except httpx.InvalidURL:
+        usable = False
+    if not usable:
+        raise ApiError(400, "invalid_client", "the client's wallet address must be an http(s) URL")
+    return ClientRef(walletAddress=raw)
+
+
 def _client(raw: str | dict) -> ClientRef:
     if isinstance(raw, str):
-        return ClientRef(walletAddress=raw)
+        return _wallet_address(raw)
     if set(raw) == {"walletAddress"} and isinstance(raw["walletAddress"], str):
-        return ClientRef(walletAddress=raw["walletAddress"])
+        return _wallet_address(raw["walletAddress"])
     if set(raw) == {"jwk"}:
         try:
             jwk = msgspec.convert(raw["jwk"], Jwk)
