@@ -19,6 +19,7 @@ from opay.auth.client_keys import ClientKeys
 from opay.auth.grants import GrantStore
 from opay.auth.introspection import Introspector
 from opay.http.app import operator_app, public_app
+from opay.http.pricing import Pricing
 from opay.http.services import Services
 from opay.ilp.credentials import SECRET_BYTES, CredentialMint
 from opay.persistence import keys
@@ -96,6 +97,7 @@ async def serve(settings: Settings, redis_url: str, shards: list, *, show_token:
             timeout_seconds=settings.jwks_fetch_timeout_seconds,
         ),
         mint=CredentialMint(await stream_secret(client, settings), settings.ilp_address),
+        pricing=Pricing(client, http, rates_url=settings.rates_url, cache_seconds=settings.rates_cache_seconds),
     )
     servers = [
         _Server(uvicorn.Config(app, host=host, port=port, lifespan="off", access_log=False, log_level="warning", http="httptools"))

@@ -48,6 +48,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     timer_interval_seconds: float = 1.0
     timer_batch_max: int = 500
     body_max_bytes: int = 64 * 1024
+    quote_validity_seconds: int = 300
+    # Fund outgoing payments at once (a wallet that debits the sender itself); off: the
+    # ASE funds each one through the operator API.
+    auto_fund: bool = True
+    # Empty: exchange rates come from the operator-set table only.
+    rates_url: str = ""
+    rates_cache_seconds: float = 15.0
+    # Empty: no webhook events are queued.
+    webhook_url: str = ""
+    webhook_secret: str = ""
+    webhook_max_attempts: int = 10
+    webhook_timeout_seconds: float = 5.0
+    webhook_concurrency: int = 16
     list_page_default: int = 20
 
     @property
@@ -64,6 +77,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
 _INT_FIELDS = {f for f, t in Settings.__annotations__.items() if t == "int"}
 _FLOAT_FIELDS = {f for f, t in Settings.__annotations__.items() if t == "float"}
+_BOOL_FIELDS = {f for f, t in Settings.__annotations__.items() if t == "bool"}
 
 
 def from_environment(environ: dict[str, str] | None = None) -> Settings:
@@ -73,7 +87,11 @@ def from_environment(environ: dict[str, str] | None = None) -> Settings:
         raw = environ.get(f"OPAY_{field.upper()}")
         if raw is None or raw == "":
             continue
-        if field in _INT_FIELDS:
+        if field in _BOOL_FIELDS:
+            if raw.lower() not in ("1", "true", "yes", "0", "false", "no"):
+                raise ValueError(f"OPAY_{field.upper()} must be true or false")
+            values[field] = raw.lower() in ("1", "true", "yes")
+        elif field in _INT_FIELDS:
             values[field] = int(raw)
         elif field in _FLOAT_FIELDS:
             values[field] = float(raw)  # durations only; money never passes through here

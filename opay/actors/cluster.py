@@ -35,7 +35,7 @@ def start_shards(settings: Settings, redis_url: str) -> list:
     shards = [
         actor.options(
             name=f"opay-shard-{n}", get_if_exists=True, num_cpus=0, max_restarts=-1, max_task_retries=0
-        ).remote(n, redis_url, settings.shard_max_active_entities, settings.redis_timeout_seconds)
+        ).remote(n, redis_url, settings.shard_max_active_entities, settings.redis_timeout_seconds, bool(settings.webhook_url))
         for n in range(settings.shard_count())
     ]
     ray.get([shard.stats.remote() for shard in shards], timeout=120)

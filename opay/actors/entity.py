@@ -9,13 +9,14 @@ reply never reflects state that Redis does not hold.
 
 from __future__ import annotations
 
+import uuid
 from collections import OrderedDict
 from typing import Callable
 
 import msgspec
 import redis
 
-from opay.actors.messages import CONFLICT_RETRY, UNAVAILABLE, Command, Reply
+from opay.actors.messages import CONFLICT_RETRY, UNAVAILABLE, BatchResult, Command, Reply, Tell
 from opay.persistence import codec, keys
 from opay.persistence.snapshots import EntityWrite, SideEffect, SnapshotStore
 
@@ -26,15 +27,34 @@ class Active(msgspec.Struct):
     journal: dict[str, bytes]
 
 
+class Event(msgspec.Struct, frozen=True):
+    """A webhook event in the outbox: the entity's state as it was when it happened."""
+
+    id: str
+    type: str
+    created_at_ms: int
+    state: codec.EntityState
+
+
 class Step:
     """What one command does to one entity: a reply, maybe a new state, maybe side effects."""
 
-    def __init__(self, entity_id: str, now_ms: int, state: object, journal: dict[str, bytes], pending: dict[str, bytes]) -> None:
+    def __init__(
+        self,
+        entity_id: str,
+        now_ms: int,
+        state: object,
+        journal: dict[str, bytes],
+        pending: dict[str, bytes],
+        emit_events: bool = False,
+    ) -> None:
         self.entity_id = entity_id
+        self._emit_events = emit_events
         self.now_ms = now_ms
         self.state = state
         self.reply: Reply | None = None
         self.effects: list[SideEffect] = []
+        self.tells: list[Tell] = []
         self._journal = journal
         self._pending = pending
 
@@ -45,13 +65,35 @@ class Step:
         self._pending[key] = outcome
         self.effects.append(SideEffect("hset", keys.journal(self.entity_id), key, outcome))
 
+    def tell(self, command: Command, *, answer_me: bool = True) -> None:
+        """Ask another entity, once this step is committed; the answer comes back as Answered."""
+        self.tells.append(Tell(command, self.entity_id if answer_me else None))
+
+    def due(self, at_ms: int) -> None:
+        """Wake this entity at `at_ms` (timers survive restarts: the due set is in Redis)."""
+        self.effects.append(SideEffect("zadd", keys.DUE, at_ms, self.entity_id))
+
+    def not_due(self) -> None:
+        self.effects.append(SideEffect("zrem", keys.DUE, b=self.entity_id))
+
+    def emit(self, event_type: str, state: codec.EntityState) -> None:
+        """Queue a webhook event, durably and atomically with this step's state."""
+        if not self._emit_events:
+            return
+        event = Event(str(uuid.uuid4()), event_type, self.now_ms, state)
+        self.effects += [
+            SideEffect("hset", keys.WEBHOOK_EVENTS, event.id, codec.encode(event)),
+            SideEffect("zadd", keys.WEBHOOK_DUE, self.now_ms, event.id),
+        ]
+
 
 Handler = Callable[[Command, object, Step], None]
 
 
 class EntityHost:
-    def __init__(self, store: SnapshotStore, handlers: dict[type, Handler], max_active: int) -> None:
+    def __init__(self, store: SnapshotStore, handlers: dict[type, Handler], max_active: int, emit_events: bool = False) -> None:
         assert max_active > 0
+        self._emit_events = emit_events
         self._store = store
         self._handlers = handlers
         self._max_active = max_active
@@ -61,7 +103,7 @@ class EntityHost:
     def active_count(self) -> int:
         return len(self._active)
 
-    def handle(self, commands: list[Command], now_ms: int) -> list[Reply]:
+    def handle(self, commands: list[Command], now_ms: int) -> BatchResult:
         replies: list[Reply | None] = [None] * len(commands)
         mailboxes: dict[str, list[int]] = {}
         for position, command in enumerate(commands):
@@ -70,6 +112,7 @@ class EntityHost:
         present = self._activate(list(mailboxes), replies, mailboxes)
         writes: list[EntityWrite] = []
         staged: list[tuple[str, Active | None, object, dict[str, bytes]]] = []
+        tells: dict[str, list[Tell]] = {}
         for entity_id, positions in mailboxes.items():
             if entity_id not in present:
                 continue
@@ -80,11 +123,13 @@ class EntityHost:
             effects: list[SideEffect] = []
             for position in positions:
                 command = commands[position]
-                step = Step(entity_id, now_ms, state, journal, pending)
+                step = Step(entity_id, now_ms, state, journal, pending, self._emit_events)
                 self._handlers[type(command)](command, state, step)
                 assert step.reply is not None, f"{type(command).__name__} left no reply"
                 state = step.state
                 effects += step.effects
+                if step.tells:
+                    tells.setdefault(entity_id, []).extend(step.tells)
                 replies[position] = step.reply
             before = active.state if active else None
             if state is not None and (effects or state is not before):
@@ -92,9 +137,12 @@ class EntityHost:
                 writes.append(EntityWrite(entity_id, version, codec.encode(state), effects))
                 staged.append((entity_id, active, state, pending))
 
-        self._commit(writes, staged, replies, mailboxes)
+        committed = self._commit(writes, staged, replies, mailboxes)
         assert all(reply is not None for reply in replies)
-        return replies  # type: ignore[return-value]
+        # A Tell leaves only if what its entity decided is durable; entities that told
+        # without writing (e.g. re-asking after a restart) tell from committed state.
+        sent = [tell for entity_id, asked in tells.items() if entity_id not in committed or committed[entity_id] for tell in asked]
+        return BatchResult(replies, sent)  # type: ignore[arg-type]
 
     def _activate(
         self, entity_ids: list[str], replies: list[Reply | None], mailboxes: dict[str, list[int]]
@@ -129,23 +177,27 @@ class EntityHost:
         staged: list[tuple[str, Active | None, object, dict[str, bytes]]],
         replies: list[Reply | None],
         mailboxes: dict[str, list[int]],
-    ) -> None:
+    ) -> dict[str, bool]:
+        """Whether each written entity's write landed."""
         try:
-            committed = self._store.write_many(writes)
+            landed: list[bool] | None = self._store.write_many(writes)
         except redis.RedisError:
             # The outcome is unknown: some writes may have landed. Forget these entities so
             # the next command re-reads whatever Redis holds; idempotency keys make retries safe.
-            committed = None
+            landed = None
+        committed: dict[str, bool] = {}
         for n, (entity_id, active, state, pending) in enumerate(staged):
-            if committed is not None and committed[n]:
+            committed[entity_id] = landed is not None and landed[n]
+            if committed[entity_id]:
                 journal = active.journal if active else {}
                 journal.update(pending)
                 self._remember(entity_id, Active(writes[n].expected_version + 1, state, journal))  # type: ignore[arg-type]
                 continue
             self._active.pop(entity_id, None)
-            failure = UNAVAILABLE if committed is None else CONFLICT_RETRY
+            failure = UNAVAILABLE if landed is None else CONFLICT_RETRY
             for position in mailboxes[entity_id]:
                 replies[position] = failure
+        return committed
 
     def _remember(self, entity_id: str, active: Active) -> None:
         self._active[entity_id] = active

@@ -25,20 +25,15 @@ def _failed(error: DomainError) -> Failed:
     return Failed(error.kind, error.code, error.description, error.details)
 
 
-def _leave_due_set(entity_id: str) -> SideEffect:
-    return SideEffect("zrem", keys.DUE, b=entity_id)
-
-
 def open_payment(command: OpenIncomingPayment, state: rules.IncomingPayment | None, step: Step) -> None:
     if state is not None:
         step.reply = Failed("conflict", "exists", "an incoming payment with this id exists")
         return
     payment = command.payment
     step.state = payment
-    step.effects += [
-        SideEffect("zadd", keys.index("ip", payment.wallet_address), payment.created_at_ms, command.entity_id),
-        SideEffect("zadd", keys.DUE, payment.expires_at_ms, command.entity_id),
-    ]
+    step.effects.append(SideEffect("zadd", keys.index("ip", payment.wallet_address), payment.created_at_ms, command.entity_id))
+    step.due(payment.expires_at_ms)
+    step.emit("incoming_payment.created", payment)
     if payment.client is not None:
         step.effects.append(
             SideEffect("zadd", keys.index("ip", payment.wallet_address, payment.client), payment.created_at_ms, command.entity_id)
@@ -52,7 +47,7 @@ def credit(command: CreditIncomingPayment, state: rules.IncomingPayment | None, 
         return
     first = step.journal_entry(command.idempotency_key)
     if first is not None:
-        outcome = codec.decode_outcome(first)
+        outcome = codec.decode(first, rules.CreditOutcome)
         if outcome.amount != command.amount:
             step.reply = Failed(
                 "conflict",
@@ -71,7 +66,8 @@ def credit(command: CreditIncomingPayment, state: rules.IncomingPayment | None, 
     step.state = after
     step.record(command.idempotency_key, codec.encode(outcome))
     if after.completed and not state.completed:
-        step.effects.append(_leave_due_set(command.entity_id))
+        step.not_due()
+        step.emit("incoming_payment.completed", after)
     step.reply = Credited(outcome, state.asset)
 
 
@@ -86,7 +82,8 @@ def complete(command: CompleteIncomingPayment, state: rules.IncomingPayment | No
         return
     if after is not state:
         step.state = after
-        step.effects.append(_leave_due_set(command.entity_id))
+        step.not_due()
+        step.emit("incoming_payment.completed", after)
     step.reply = State(after)
 
 
@@ -97,11 +94,12 @@ def expire(command: ExpireIncomingPayment, state: rules.IncomingPayment | None, 
     after = rules.expire(state, step.now_ms)
     if after is not None:
         step.state = after
-        step.effects.append(_leave_due_set(command.entity_id))
+        step.not_due()
+        step.emit("incoming_payment.expired", after)
     elif state.completed or state.expired:
         # Nothing left to do, but the due entry must go or the timer would keep firing.
         step.state = state
-        step.effects.append(_leave_due_set(command.entity_id))
+        step.not_due()
     step.reply = Nothing()
 
 

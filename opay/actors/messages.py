@@ -1,16 +1,27 @@
-"""Commands to entity actors and their replies. A batch crosses the Ray boundary as msgpack."""
+"""Commands to entity actors and their replies. A batch crosses the Ray boundary as msgpack.
+
+An entity may ask another entity something (a settlement credit, a spend release) with
+a Tell: it leaves with the batch's replies once the asking entity's state is committed,
+and the router delivers it, sending the answer back as `Answered`. A Tell can be lost
+with a crashed front end; every entity that tells keeps the pending action in its
+committed state and a due time, so its timer asks again (answers are idempotent).
+"""
 
 from __future__ import annotations
 
 import msgspec
 
 from opay.domain.amounts import Asset
-from opay.domain.incoming_payment import CreditOutcome, IncomingPayment
+from opay.domain.grant_spend import Limits
+from opay.domain.incoming_payment import CreditOutcome
+from opay.domain.outgoing_payment import OutgoingPayment
+from opay.domain.quote import Quote
+from opay.persistence.codec import EntityState
 
 
 class OpenIncomingPayment(msgspec.Struct, frozen=True, tag="ip.open"):
     entity_id: str
-    payment: IncomingPayment
+    payment: EntityState
 
 
 class CreditIncomingPayment(msgspec.Struct, frozen=True, tag="ip.credit"):
@@ -31,11 +42,69 @@ class ExpireIncomingPayment(msgspec.Struct, frozen=True, tag="ip.expire"):
     entity_id: str
 
 
-Command = OpenIncomingPayment | CreditIncomingPayment | CompleteIncomingPayment | ExpireIncomingPayment
+class OpenQuote(msgspec.Struct, frozen=True, tag="quote.open"):
+    entity_id: str
+    quote: Quote
+
+
+class BindQuote(msgspec.Struct, frozen=True, tag="quote.bind"):
+    """Make the quote back one outgoing payment (single use, before expiry)."""
+
+    entity_id: str
+    payment_id: str
+    wallet_address: str
+
+
+class UnbindQuote(msgspec.Struct, frozen=True, tag="quote.unbind"):
+    entity_id: str
+    payment_id: str
+
+
+class ReserveSpend(msgspec.Struct, frozen=True, tag="grant.reserve"):
+    entity_id: str
+    payment_id: str
+    limits: Limits
+    debit: int
+    debit_asset: Asset
+    receive: int
+    receive_asset: Asset
+    receiver: str
+
+
+class ReleaseSpend(msgspec.Struct, frozen=True, tag="grant.release"):
+    entity_id: str
+    payment_id: str
+
+
+class ReadSpend(msgspec.Struct, frozen=True, tag="grant.read"):
+    entity_id: str
+    limits: Limits
+
+
+class OpenOutgoingPayment(msgspec.Struct, frozen=True, tag="op.open"):
+    entity_id: str
+    payment: OutgoingPayment
+    limits: Limits
+    fund_at_once: bool
+
+
+class FundOutgoingPayment(msgspec.Struct, frozen=True, tag="op.fund"):
+    entity_id: str
+
+
+class CancelOutgoingPayment(msgspec.Struct, frozen=True, tag="op.cancel"):
+    entity_id: str
+    reason: str
+
+
+class ResumeOutgoingPayment(msgspec.Struct, frozen=True, tag="op.resume"):
+    """The timer's nudge: redo whatever the payment still waits on."""
+
+    entity_id: str
 
 
 class State(msgspec.Struct, frozen=True, tag="state"):
-    state: IncomingPayment
+    state: EntityState
 
 
 class Credited(msgspec.Struct, frozen=True, tag="credited"):
@@ -43,34 +112,83 @@ class Credited(msgspec.Struct, frozen=True, tag="credited"):
     asset: Asset
 
 
+class Spent(msgspec.Struct, frozen=True, tag="spent"):
+    """A grant's spending in the current repetition (including the payment just reserved)."""
+
+    debit: int
+    receive: int
+
+
 class Nothing(msgspec.Struct, frozen=True, tag="nothing"):
     pass
 
 
 class Failed(msgspec.Struct, frozen=True, tag="failed"):
-    kind: str  # invalid | conflict | not_found | unavailable
+    kind: str  # invalid | conflict | not_found | forbidden | unavailable
     code: str
     description: str
     details: dict = {}
 
 
-Reply = State | Credited | Nothing | Failed
+Reply = State | Credited | Spent | Nothing | Failed
+
+
+class Answered(msgspec.Struct, frozen=True, tag="answered"):
+    """The answer to a Tell, delivered to the entity that asked."""
+
+    entity_id: str
+    question: str  # the tag of the command asked
+    answer: Reply
+
+
+Command = (
+    OpenIncomingPayment
+    | CreditIncomingPayment
+    | CompleteIncomingPayment
+    | ExpireIncomingPayment
+    | OpenQuote
+    | BindQuote
+    | UnbindQuote
+    | ReserveSpend
+    | ReleaseSpend
+    | ReadSpend
+    | OpenOutgoingPayment
+    | FundOutgoingPayment
+    | CancelOutgoingPayment
+    | ResumeOutgoingPayment
+    | Answered
+)
+
+
+class Tell(msgspec.Struct, frozen=True):
+    command: Command
+    reply_to: str | None = None
+
+
+class BatchResult(msgspec.Struct, frozen=True):
+    replies: list[Reply]
+    tells: list[Tell] = []
+
 
 UNAVAILABLE = Failed("unavailable", "unavailable", "storage is unavailable; retry shortly")
 CONFLICT_RETRY = Failed("unavailable", "concurrent_activation", "the resource moved between hosts; retry shortly")
 
 _encoder = msgspec.msgpack.Encoder()
 _commands = msgspec.msgpack.Decoder(list[Command])
-_replies = msgspec.msgpack.Decoder(list[Reply])
+_result = msgspec.msgpack.Decoder(BatchResult)
 
 
-def encode_batch(items: list[Command] | list[Reply]) -> bytes:
-    return _encoder.encode(items)
+def tag_of(command: Command) -> str:
+    return type(command).__struct_config__.tag  # type: ignore[return-value]
+
+
+def encode(value: object) -> bytes:
+    return _encoder.encode(value)
 
 
 def decode_commands(data: bytes) -> list[Command]:
     return _commands.decode(data)
 
 
-def decode_replies(data: bytes) -> list[Reply]:
-    return _replies.decode(data)
+def decode_result(data: bytes) -> BatchResult:
+    return _result.decode(data)

@@ -10,17 +10,28 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-from opay.actors.messages import UNAVAILABLE, Command, Reply, decode_replies, encode_batch
+from opay.actors.messages import UNAVAILABLE, Answered, Command, Reply, Tell, decode_result, encode, tag_of
 from opay.actors.routing import shard_of
 
 
 class ShardRouter:
-    def __init__(self, shards: list, *, batch_max: int, in_flight: int, call_timeout_seconds: float, queue_max: int = 100_000) -> None:
+    def __init__(
+        self,
+        shards: list,
+        *,
+        batch_max: int,
+        in_flight: int,
+        call_timeout_seconds: float,
+        queue_max: int = 100_000,
+        tells_max: int = 10_000,
+    ) -> None:
         assert shards and batch_max > 0 and in_flight > 0
         self._shards = shards
         self._batch_max = batch_max
         self._call_timeout = call_timeout_seconds
         self._queue_max = queue_max
+        self._tells_max = tells_max
+        self._telling = 0
         self._queues: list[deque[tuple[Command, asyncio.Future[Reply]]]] = [deque() for _ in shards]
         self._ready = [asyncio.Event() for _ in shards]
         self._slots = [asyncio.Semaphore(in_flight) for _ in shards]
@@ -64,11 +75,14 @@ class ShardRouter:
 
     async def _send(self, n: int, batch: list[tuple[Command, asyncio.Future[Reply]]]) -> None:
         try:
-            payload = encode_batch([command for command, _ in batch])
+            payload = encode([command for command, _ in batch])
             try:
                 answer = await asyncio.wait_for(self._shards[n].handle.remote(payload), self._call_timeout)
-                replies = decode_replies(answer)
+                result = decode_result(answer)
+                replies = result.replies
                 assert len(replies) == len(batch)
+                for tell in result.tells:
+                    self._deliver(tell)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -80,3 +94,20 @@ class ShardRouter:
                     future.set_result(reply)
         finally:
             self._slots[n].release()
+
+    def _deliver(self, tell: Tell) -> None:
+        if self._telling >= self._tells_max:
+            # Dropping is safe: the teller's committed state and due time make its timer ask again.
+            return
+        self._telling += 1
+        task = asyncio.create_task(self._relay(tell))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _relay(self, tell: Tell) -> None:
+        try:
+            answer = await self.ask(tell.command)
+            if tell.reply_to is not None:
+                await self.ask(Answered(tell.reply_to, tag_of(tell.command), answer))
+        finally:
+            self._telling -= 1

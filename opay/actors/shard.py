@@ -6,12 +6,12 @@ from __future__ import annotations
 import redis
 
 from opay.clock import now_ms
-from opay.actors import incoming_payments
+from opay.actors import grant_spends, incoming_payments, outgoing_payments, quotes
 from opay.actors.entity import EntityHost
-from opay.actors.messages import decode_commands, encode_batch
+from opay.actors.messages import decode_commands, encode
 from opay.persistence.snapshots import SnapshotStore
 
-HANDLERS = {**incoming_payments.HANDLERS}
+HANDLERS = {**incoming_payments.HANDLERS, **quotes.HANDLERS, **grant_spends.HANDLERS, **outgoing_payments.HANDLERS}
 
 
 
@@ -19,15 +19,15 @@ class Shard:
     """A synchronous actor on purpose: Ray runs its calls one at a time, which is the
     per-entity serial order the rules rely on, at half the CPU cost of an async actor."""
 
-    def __init__(self, index: int, redis_url: str, max_active: int, redis_timeout_seconds: float) -> None:
+    def __init__(self, index: int, redis_url: str, max_active: int, redis_timeout_seconds: float, emit_events: bool) -> None:
         self.index = index
         client = redis.Redis.from_url(
             redis_url, socket_timeout=redis_timeout_seconds, socket_connect_timeout=redis_timeout_seconds
         )
-        self._host = EntityHost(SnapshotStore(client), HANDLERS, max_active)
+        self._host = EntityHost(SnapshotStore(client), HANDLERS, max_active, emit_events)
 
     def handle(self, batch: bytes) -> bytes:
-        return encode_batch(self._host.handle(decode_commands(batch), now_ms()))
+        return encode(self._host.handle(decode_commands(batch), now_ms()))
 
     def stats(self) -> dict[str, int]:
         return {"index": self.index, "active": self._host.active_count}

@@ -13,14 +13,14 @@ import logging
 import redis
 import redis.asyncio as aioredis
 
-from opay.actors.messages import ExpireIncomingPayment, Failed
+from opay.actors.messages import ExpireIncomingPayment, Failed, ResumeOutgoingPayment
 from opay.actors.router import ShardRouter
 from opay.clock import now_ms
 from opay.persistence import keys
 
 log = logging.getLogger("opay.timers")
 
-FIRE = {"ip": ExpireIncomingPayment}
+FIRE = {"ip": ExpireIncomingPayment, "op": ResumeOutgoingPayment}
 
 
 async def fire_due(client: aioredis.Redis, router: ShardRouter, batch_max: int) -> int:

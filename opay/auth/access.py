@@ -6,6 +6,11 @@ from typing import Literal
 
 import msgspec
 
+from opay.domain.amounts import Asset, parse_uint64
+from opay.domain.errors import Invalid
+from opay.domain.grant_spend import Limits
+from opay.domain.intervals import parse_interval
+
 ResourceType = Literal["incoming-payment", "outgoing-payment", "quote"]
 
 ACTIONS: dict[str, frozenset[str]] = {
@@ -50,3 +55,44 @@ def permit(access: list[AccessItem], resource_type: str, action: str, wallet_add
         if best is None and action in item.actions:
             best = Permit(item, all_clients=False)
     return best
+
+
+def parse_limits(raw: dict | None) -> Limits:
+    """An outgoing-payment access item's `limits`, as the domain checks them."""
+    if not raw:
+        return Limits()
+    try:
+        wire = msgspec.convert(raw, _LimitsWire)
+    except msgspec.ValidationError as error:
+        raise Invalid("invalid_limits", f"invalid limits: {error}") from None
+    if wire.debitAmount is not None and wire.receiveAmount is not None:
+        raise Invalid("invalid_limits", "limits may hold debitAmount or receiveAmount, not both")
+    debit = receive = None
+    debit_asset = receive_asset = None
+    if wire.debitAmount is not None:
+        debit = parse_uint64(wire.debitAmount.value, "limits.debitAmount.value")
+        debit_asset = Asset(wire.debitAmount.assetCode, wire.debitAmount.assetScale)
+    if wire.receiveAmount is not None:
+        receive = parse_uint64(wire.receiveAmount.value, "limits.receiveAmount.value")
+        receive_asset = Asset(wire.receiveAmount.assetCode, wire.receiveAmount.assetScale)
+    return Limits(
+        debit=debit,
+        debit_asset=debit_asset,
+        receive=receive,
+        receive_asset=receive_asset,
+        receiver=wire.receiver,
+        interval=None if wire.interval is None else parse_interval(wire.interval),
+    )
+
+
+class _AmountWire(msgspec.Struct, frozen=True):
+    value: str
+    assetCode: str
+    assetScale: int
+
+
+class _LimitsWire(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    receiver: str | None = None
+    interval: str | None = None
+    debitAmount: _AmountWire | None = None
+    receiveAmount: _AmountWire | None = None

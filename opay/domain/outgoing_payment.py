@@ -34,6 +34,9 @@ class OutgoingPayment(msgspec.Struct, frozen=True, kw_only=True, tag="op"):
     phase: Phase = "funding"
     sent: int = 0
     failure: str | None = None
+    # A failed payment gives its share of the grant back; until that is acknowledged
+    # the payment keeps asking (its timer re-drives it).
+    grant_released: bool = False
 
     @property
     def failed(self) -> bool:
@@ -65,6 +68,11 @@ def delivered(payment: OutgoingPayment) -> OutgoingPayment:
     if payment.phase != "sending":
         return payment
     return msgspec.structs.replace(payment, phase="completed", sent=payment.debit - payment.fee)
+
+
+def grant_share_released(payment: OutgoingPayment) -> OutgoingPayment:
+    assert payment.phase == "failed"
+    return msgspec.structs.replace(payment, grant_released=True)
 
 
 def undeliverable(payment: OutgoingPayment, reason: str) -> OutgoingPayment:

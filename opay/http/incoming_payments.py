@@ -13,11 +13,11 @@ from opay.actors.messages import CompleteIncomingPayment, OpenIncomingPayment, S
 from opay.domain import incoming_payment as rules
 from opay.domain.amounts import require_asset
 from opay.domain.incoming_payment import IncomingPayment
-from opay.domain.times import parse_rfc3339_ms
+from opay.domain.times import parse_date_time
 from opay.http import wire
 from opay.http.errors import ApiError
 from opay.http.pagination import page_response, parse_page_query
-from opay.http.security import Authenticated, authenticate, bearer_token, unauthorized
+from opay.http.resources import authenticated, json, path_uuid, visible
 from opay.http.services import Services, read_body, services
 from opay.persistence import keys
 
@@ -28,19 +28,6 @@ PATH = "/incoming-payments"
 def entity_id(payment_uuid: str) -> str:
     return f"{KIND}:{payment_uuid}"
 
-
-
-def json(status: int, body: object) -> Response:
-    return Response(wire.encode(body), status_code=status, media_type="application/json")
-
-
-async def _authenticated(request: Request, s: Services, body: bytes) -> Authenticated:
-    token = bearer_token(request, s.settings)
-    if token is None:
-        raise unauthorized(s.settings, "missing_token", "an access token is required")
-    return await authenticate(
-        request, body, settings=s.settings, introspector=s.introspector, client_keys=s.client_keys, token=token
-    )
 
 
 def with_methods(s: Services, payment: IncomingPayment) -> dict:
@@ -58,9 +45,9 @@ def with_methods(s: Services, payment: IncomingPayment) -> dict:
 async def create(request: Request) -> Response:
     s = services(request)
     body = await read_body(request, s.settings.body_max_bytes)
-    authenticated = await _authenticated(request, s, body)
+    caller = await authenticated(request, s, body)
     parsed = wire.decode_body(body, wire.CreateIncomingPaymentBody)
-    principal = authenticated.require("incoming-payment", "create", parsed.walletAddress)
+    principal = caller.require("incoming-payment", "create", parsed.walletAddress)
     wallet = await s.wallet_by_url(parsed.walletAddress)
     if wallet is None:
         raise ApiError(400, "unknown_wallet_address", "walletAddress is not a wallet address of this server")
@@ -68,7 +55,7 @@ async def create(request: Request) -> Response:
     if parsed.incomingAmount is not None:
         incoming_amount, asset = parsed.incomingAmount.parse("incomingAmount")
         require_asset(asset, wallet.asset, "incomingAmount")
-    expires_at = None if parsed.expiresAt is None else parse_rfc3339_ms(parsed.expiresAt, "expiresAt")
+    expires_at = None if parsed.expiresAt is None else parse_date_time(parsed.expiresAt, "expiresAt")
     payment = rules.open_payment(
         payment_id=str(uuid.uuid4()),
         wallet_address=parsed.walletAddress,
@@ -87,46 +74,29 @@ async def create(request: Request) -> Response:
     return json(201, with_methods(s, reply.state))
 
 
-def _payment_uuid(request: Request) -> str:
-    raw = request.path_params["payment_id"]
-    try:
-        return str(uuid.UUID(raw))
-    except ValueError:
-        raise ApiError(404, "not_found", "no such incoming payment") from None
-
-
 async def get(request: Request) -> Response:
     s = services(request)
-    payment_uuid = _payment_uuid(request)
+    payment_uuid = path_uuid(request, "incoming payment")
     if "authorization" not in request.headers:
         # The public view: enough for a payer to find the authorization server.
         payment = await s.queries.entity(entity_id(payment_uuid))
         if payment is None:
             raise ApiError(404, "not_found", "no such incoming payment")
         return json(200, {"receivedAmount": wire.amount(payment.received, payment.asset), "authServer": s.settings.auth_server_url})
-    authenticated = await _authenticated(request, s, b"")
-    authenticated.require("incoming-payment", "read", None)
+    caller = await authenticated(request, s, b"")
+    caller.require("incoming-payment", "read", None)
     payment = await s.queries.entity(entity_id(payment_uuid))
-    if payment is None or not _visible(authenticated, "read", payment):
+    if payment is None or not visible(caller, "incoming-payment", "read", payment.wallet_address, payment.client):
         raise ApiError(404, "not_found", "no such incoming payment")
     return json(200, with_methods(s, payment))
 
 
-def _visible(authenticated: Authenticated, action: str, payment: IncomingPayment) -> bool:
-    """Another wallet address's or another client's payment is as good as absent."""
-    try:
-        principal = authenticated.require("incoming-payment", action, payment.wallet_address)
-    except ApiError:
-        return False
-    return principal.scope_client is None or principal.scope_client == payment.client
-
-
 async def complete(request: Request) -> Response:
     s = services(request)
-    payment_uuid = _payment_uuid(request)
+    payment_uuid = path_uuid(request, "incoming payment")
     body = await read_body(request, s.settings.body_max_bytes)
-    authenticated = await _authenticated(request, s, body)
-    principal = authenticated.require("incoming-payment", "complete", None)
+    caller = await authenticated(request, s, body)
+    principal = caller.require("incoming-payment", "complete", None)
     reply = await s.ask(
         CompleteIncomingPayment(entity_id(payment_uuid), wallet_address=principal.permit.item.identifier, client=principal.scope_client)
     )
@@ -137,8 +107,8 @@ async def complete(request: Request) -> Response:
 async def list_payments(request: Request) -> Response:
     s = services(request)
     query = parse_page_query(request, s.settings.list_page_default)
-    authenticated = await _authenticated(request, s, b"")
-    principal = authenticated.require("incoming-payment", "list", query.wallet_address)
+    caller = await authenticated(request, s, b"")
+    principal = caller.require("incoming-payment", "list", query.wallet_address)
     index = keys.index(KIND, query.wallet_address, principal.scope_client)
     return json(
         200,
@@ -151,6 +121,6 @@ async def list_payments(request: Request) -> Response:
 ROUTES = [
     Route(PATH, create, methods=["POST"]),
     Route(PATH, list_payments, methods=["GET"]),
-    Route(PATH + "/{payment_id}", get, methods=["GET"]),
-    Route(PATH + "/{payment_id}/complete", complete, methods=["POST"]),
+    Route(PATH + "/{resource_id}", get, methods=["GET"]),
+    Route(PATH + "/{resource_id}/complete", complete, methods=["POST"]),
 ]

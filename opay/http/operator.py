@@ -15,12 +15,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from opay.actors.messages import CreditIncomingPayment, Credited
+from opay.actors.messages import CancelOutgoingPayment, CreditIncomingPayment, Credited, FundOutgoingPayment, State
 from opay.clock import now_ms
 from opay.domain.amounts import Asset, parse_uint64
+from opay.domain.exchange import BASIS_POINTS, FeeSchedule, parse_rate
 from opay.http import wire
 from opay.http.errors import ApiError
-from opay.http.incoming_payments import PATH as INCOMING_PAYMENTS, entity_id, json
+from opay.http.incoming_payments import entity_id
+from opay.http.resources import canonical_uuid, json, uuid_in_url
 from opay.http.services import Services, read_body, services
 from opay.http.wallet_addresses import document
 from opay.persistence.wallet_addresses import Jwk, WalletAddress
@@ -53,6 +55,18 @@ class CreditBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     incomingPayment: str
     amount: str
     idempotencyKey: Annotated[str, msgspec.Meta(min_length=1, max_length=IDEMPOTENCY_KEY_MAX)]
+
+
+class FeesBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    fixed: str = "0"
+    basisPoints: Annotated[int, msgspec.Meta(ge=0, le=BASIS_POINTS)] = 0
+
+
+class CancelBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] = "cancelled by the account servicing entity"
+
+
+_ASSET_CODE = re.compile(r"[A-Za-z0-9]{1,32}")
 
 
 class IntrospectBody(msgspec.Struct, frozen=True):
@@ -118,9 +132,8 @@ async def revoke_key(request: Request) -> Response:
 async def credit(request: Request) -> Response:
     s = _operator(request)
     body = wire.decode_body(await read_body(request, s.settings.body_max_bytes), CreditBody)
-    prefix = f"{s.settings.resource_server_url}{INCOMING_PAYMENTS}/"
-    payment_uuid = body.incomingPayment[len(prefix) :] if body.incomingPayment.startswith(prefix) else ""
-    if not re.fullmatch(r"[0-9a-f-]{36}", payment_uuid):
+    payment_uuid = uuid_in_url(s, body.incomingPayment, "incoming-payments")
+    if payment_uuid is None:
         raise ApiError(400, "invalid_incoming_payment", "incomingPayment must be the URL of an incoming payment of this server")
     amount = parse_uint64(body.amount, "amount")
     reply = await s.ask(CreditIncomingPayment(entity_id(payment_uuid), amount, body.idempotencyKey))
@@ -135,6 +148,59 @@ async def credit(request: Request) -> Response:
     if not outcome.accepted:
         raise ApiError(409, outcome.refused_code, f"the credit was refused: {outcome.refused_code}", view)
     return json(200, view)
+
+
+def _asset_code(request: Request, name: str) -> str:
+    code = request.path_params[name]
+    if _ASSET_CODE.fullmatch(code) is None:
+        raise ApiError(400, "invalid_asset", "an asset code is 1 to 32 letters or digits")
+    return code
+
+
+async def put_rates(request: Request) -> Response:
+    """Replace the rate table from one base asset: {"EUR": "0.92", ...} as decimal strings."""
+    s = _operator(request)
+    base = _asset_code(request, "base")
+    table = wire.decode_body(await read_body(request, s.settings.body_max_bytes), dict[str, str])
+    rates = {code: parse_rate(text) for code, text in table.items() if _ASSET_CODE.fullmatch(code)}
+    if len(rates) != len(table):
+        raise ApiError(400, "invalid_asset", "rate keys must be asset codes")
+    await s.pricing.set_rates(base, rates, table)
+    return json(200, {"base": base, "rates": table})
+
+
+async def put_fees(request: Request) -> Response:
+    """Sending fees for one asset: {"fixed": "<uint64 smallest units>", "basisPoints": 0..10000}."""
+    s = _operator(request)
+    code = _asset_code(request, "asset_code")
+    body = wire.decode_body(await read_body(request, s.settings.body_max_bytes), FeesBody)
+    schedule = FeeSchedule(fixed=parse_uint64(body.fixed, "fixed"), basis_points=body.basisPoints)
+    await s.pricing.set_fees(code, schedule)
+    return json(200, {"assetCode": code, "fixed": str(schedule.fixed), "basisPoints": schedule.basis_points})
+
+
+def _outgoing_payment_id(request: Request) -> str:
+    found = canonical_uuid(request.path_params["payment_id"])
+    if found is None:
+        raise ApiError(404, "not_found", "no such outgoing payment")
+    return f"op:{found}"
+
+
+async def fund_outgoing_payment(request: Request) -> Response:
+    """The ASE has debited the sender: settlement may start."""
+    s = _operator(request)
+    reply = await s.ask(FundOutgoingPayment(_outgoing_payment_id(request)))
+    assert isinstance(reply, State)
+    return json(200, wire.outgoing_payment(reply.state, s.settings.resource_server_url))  # type: ignore[arg-type]
+
+
+async def cancel_outgoing_payment(request: Request) -> Response:
+    """The ASE will not fund it: it fails with the reason and gives its grant share back."""
+    s = _operator(request)
+    body = wire.decode_body(await read_body(request, s.settings.body_max_bytes), CancelBody, allow_empty=True)
+    reply = await s.ask(CancelOutgoingPayment(_outgoing_payment_id(request), body.reason))
+    assert isinstance(reply, State)
+    return json(200, wire.outgoing_payment(reply.state, s.settings.resource_server_url))  # type: ignore[arg-type]
 
 
 async def introspect(request: Request) -> Response:
@@ -156,5 +222,9 @@ ROUTES = [
     Route("/wallet-addresses/{path:path}/keys/{kid}", revoke_key, methods=["DELETE"]),
     Route("/wallet-addresses/{path:path}/keys", add_key, methods=["POST"]),
     Route("/credits", credit, methods=["POST"]),
+    Route("/rates/{base}", put_rates, methods=["PUT"]),
+    Route("/fees/{asset_code}", put_fees, methods=["PUT"]),
+    Route("/outgoing-payments/{payment_id}/fund", fund_outgoing_payment, methods=["POST"]),
+    Route("/outgoing-payments/{payment_id}/cancel", cancel_outgoing_payment, methods=["POST"]),
     Route("/introspect", introspect, methods=["POST"]),
 ]

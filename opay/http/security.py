@@ -36,6 +36,7 @@ class Principal(msgspec.Struct, frozen=True):
 class Authenticated(msgspec.Struct, frozen=True):
     client: ClientRef
     access: list[AccessItem]
+    grant: str
 
     def require(self, resource_type: str, action: str, wallet_address: str | None) -> Principal:
         granted = permit(self.access, resource_type, action, wallet_address)
@@ -121,4 +122,5 @@ async def authenticate(
     if key is None:
         raise unauthorized(settings, "invalid_signature", f"the client has no key {keyid}")
     await verify_request_signature(request, body, settings, key)
-    return Authenticated(answer.client, answer.access)
+    assert answer.grant is not None
+    return Authenticated(answer.client, answer.access, answer.grant)

@@ -11,6 +11,7 @@ from opay.auth.client_keys import ClientKeys
 from opay.auth.grants import GrantStore
 from opay.auth.introspection import Introspector
 from opay.http.errors import ApiError
+from opay.http.pricing import Pricing
 from opay.ilp.credentials import CredentialMint
 from opay.persistence.queries import Queries
 from opay.persistence.wallet_addresses import WalletAddress, WalletAddressStore
@@ -29,6 +30,7 @@ class Services:
         introspector: Introspector,
         client_keys: ClientKeys,
         mint: CredentialMint,
+        pricing: Pricing,
     ) -> None:
         self.settings = settings
         self.router = router
@@ -38,6 +40,7 @@ class Services:
         self.introspector = introspector
         self.client_keys = client_keys
         self.mint = mint
+        self.pricing = pricing
         # Wallet addresses never change once created, so a hit never goes stale.
         self._wallet_cache: dict[str, WalletAddress] = {}
 

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import msgspec
 
-from opay.domain.incoming_payment import CreditOutcome, IncomingPayment
+from opay.domain.grant_spend import GrantSpend
+from opay.domain.incoming_payment import IncomingPayment
+from opay.domain.outgoing_payment import OutgoingPayment
+from opay.domain.quote import Quote
 
-EntityState = IncomingPayment
+EntityState = IncomingPayment | Quote | OutgoingPayment | GrantSpend
+
+T = TypeVar("T")
 
 _encoder = msgspec.msgpack.Encoder()
 _state_decoder = msgspec.msgpack.Decoder(EntityState)
-_outcome_decoder = msgspec.msgpack.Decoder(CreditOutcome)
 
 
 def encode(value: msgspec.Struct) -> bytes:
@@ -21,5 +27,5 @@ def decode_state(data: bytes) -> EntityState:
     return _state_decoder.decode(data)
 
 
-def decode_outcome(data: bytes) -> CreditOutcome:
-    return _outcome_decoder.decode(data)
+def decode(data: bytes, kind: type[T]) -> T:
+    return msgspec.msgpack.decode(data, type=kind)

@@ -47,3 +47,11 @@ def token_by_id(token_id: str) -> str:
 
 REVOCATIONS_CHANNEL = f"{PREFIX}:revoked"
 STREAM_SECRET = f"{PREFIX}:stream-secret"
+WEBHOOK_EVENTS = f"{PREFIX}:webhooks:events"
+WEBHOOK_DUE = f"{PREFIX}:webhooks:due"
+WEBHOOK_DEAD = f"{PREFIX}:webhooks:dead"
+FEES = f"{PREFIX}:fees"
+
+
+def rates(base: str) -> str:
+    return f"{PREFIX}:rates:{base}"

@@ -88,15 +88,36 @@ class SnapshotStore:
         """True per write that committed; False where the stored version had moved on."""
         if not writes:
             return []
+        answers = self._evalsha_many(writes)
+        unloaded = [n for n, answer in enumerate(answers) if isinstance(answer, redis.exceptions.NoScriptError)]
+        if unloaded:
+            # Redis restarted (or flushed its scripts): a NOSCRIPT write did nothing, so
+            # loading the script and sending exactly those again is safe.
+            self._client.script_load(_WRITE)
+            for n, answer in zip(unloaded, self._evalsha_many([writes[n] for n in unloaded])):
+                answers[n] = answer
+        for answer in answers:
+            if isinstance(answer, Exception):
+                raise answer
+        return [int(answer[0]) == 1 for answer in answers]
+
+    def _evalsha_many(self, writes: list[EntityWrite]) -> list:
+        # EVALSHA straight into the pipeline: a Script object in a pipeline makes redis-py
+        # send SCRIPT EXISTS first, a second round trip per batch.
         pipe = self._client.pipeline(transaction=False)
         for write in writes:
             effect_keys = [effect.key for effect in write.effects]
             effect_args: list[str | bytes | int] = []
             for effect in write.effects:
                 effect_args += [effect.op, effect.a, effect.b]
-            self._write(
-                keys=[keys.entity(write.entity_id), *effect_keys],
-                args=[write.expected_version, write.expected_version + 1, write.snapshot, *effect_args],
-                client=pipe,
+            pipe.evalsha(
+                self._write.sha,
+                1 + len(effect_keys),
+                keys.entity(write.entity_id),
+                *effect_keys,
+                write.expected_version,
+                write.expected_version + 1,
+                write.snapshot,
+                *effect_args,
             )
-        return [int(answer[0]) == 1 for answer in pipe.execute()]
+        return pipe.execute(raise_on_error=False)

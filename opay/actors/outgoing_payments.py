@@ -1,0 +1,136 @@
+"""How an outgoing payment entity answers, and how it settles.
+
+Settlement runs here, not in a polling loop: funding makes the payment ask the
+receiver's entity for a credit (keyed by the payment id, so it lands once); the answer
+completes or fails it; a failure gives the grant its share back. Whatever the payment
+still waits on is in its committed state with a due time, so after any crash its timer
+asks again.
+"""
+
+from __future__ import annotations
+
+from opay.actors.entity import Step
+from opay.actors.messages import (
+    Answered,
+    CancelOutgoingPayment,
+    CreditIncomingPayment,
+    Credited,
+    Failed,
+    FundOutgoingPayment,
+    Nothing,
+    OpenOutgoingPayment,
+    ReleaseSpend,
+    ResumeOutgoingPayment,
+    State,
+)
+from opay.actors.replies import failed, not_found
+from opay.domain import outgoing_payment as rules
+from opay.domain.errors import DomainError
+from opay.persistence import keys
+from opay.persistence.snapshots import SideEffect
+
+RETRY_MS = 5_000
+
+
+def grant_entity(grant_id: str) -> str:
+    return f"grant:{grant_id}"
+
+
+def receiver_entity(receiver_url: str) -> str:
+    return f"ip:{receiver_url.rsplit('/', 1)[1]}"
+
+
+def _pursue(payment: rules.OutgoingPayment, step: Step) -> None:
+    """Ask for whatever the payment still waits on, and come back later if unanswered."""
+    step.state = payment
+    if payment.phase == "sending":
+        step.tell(CreditIncomingPayment(receiver_entity(payment.receiver), payment.receive, f"op:{payment.id}"))
+        step.due(step.now_ms + RETRY_MS)
+    elif payment.phase == "failed" and not payment.grant_released:
+        step.tell(ReleaseSpend(grant_entity(payment.grant_id), payment.id))
+        step.due(step.now_ms + RETRY_MS)
+    else:
+        step.not_due()
+
+
+def open_payment(command: OpenOutgoingPayment, state: rules.OutgoingPayment | None, step: Step) -> None:
+    if state is not None:
+        code = "quote_used" if command.payment.quote_id else "exists"
+        step.reply = Failed("conflict", code, "the quote already backs an outgoing payment")
+        return
+    payment = command.payment
+    step.effects.append(SideEffect("zadd", keys.index("op", payment.wallet_address), payment.created_at_ms, command.entity_id))
+    if payment.client is not None:
+        step.effects.append(
+            SideEffect("zadd", keys.index("op", payment.wallet_address, payment.client), payment.created_at_ms, command.entity_id)
+        )
+    step.emit("outgoing_payment.created", payment)
+    if command.fund_at_once:
+        payment = rules.fund(payment)
+    _pursue(payment, step)
+    step.reply = State(payment)
+
+
+def _change(command, state: rules.OutgoingPayment | None, step: Step, change) -> None:
+    if state is None:
+        step.reply = not_found("outgoing payment")
+        return
+    try:
+        after = change(state)
+    except DomainError as error:
+        step.reply = failed(error)
+        return
+    if after is not state:
+        if after.failed:
+            step.emit("outgoing_payment.failed", after)
+        _pursue(after, step)
+    step.reply = State(after)
+
+
+def fund(command: FundOutgoingPayment, state: rules.OutgoingPayment | None, step: Step) -> None:
+    _change(command, state, step, rules.fund)
+
+
+def cancel(command: CancelOutgoingPayment, state: rules.OutgoingPayment | None, step: Step) -> None:
+    _change(command, state, step, lambda payment: rules.cancel(payment, command.reason))
+
+
+def resume(command: ResumeOutgoingPayment, state: rules.OutgoingPayment | None, step: Step) -> None:
+    if state is None:
+        step.reply = not_found("outgoing payment")
+        return
+    _pursue(state, step)
+    step.reply = Nothing()
+
+
+def answered(command: Answered, state: rules.OutgoingPayment | None, step: Step) -> None:
+    step.reply = Nothing()
+    if state is None:
+        return
+    answer = command.answer
+    if command.question == "ip.credit" and state.phase == "sending":
+        if isinstance(answer, Credited) and answer.outcome.accepted:
+            after = rules.delivered(state)
+            step.emit("outgoing_payment.completed", after)
+        elif isinstance(answer, Credited):
+            after = rules.undeliverable(state, f"receiver refused: {answer.outcome.refused_code}")
+            step.emit("outgoing_payment.failed", after)
+        elif isinstance(answer, Failed) and answer.kind != "unavailable":
+            after = rules.undeliverable(state, f"receiver refused: {answer.code}")
+            step.emit("outgoing_payment.failed", after)
+        else:
+            return  # unavailable: the due time brings the payment back to ask again
+        _pursue(after, step)
+    elif command.question == "grant.release" and state.failed and not state.grant_released:
+        if isinstance(answer, Failed):
+            return
+        _pursue(rules.grant_share_released(state), step)
+
+
+HANDLERS = {
+    OpenOutgoingPayment: open_payment,
+    FundOutgoingPayment: fund,
+    CancelOutgoingPayment: cancel,
+    ResumeOutgoingPayment: resume,
+    Answered: answered,
+}

@@ -1,0 +1,43 @@
+"""How a quote entity answers: it is opened once and backs at most one outgoing payment."""
+
+from __future__ import annotations
+
+from opay.actors.entity import Step
+from opay.actors.messages import BindQuote, Failed, OpenQuote, State, UnbindQuote
+from opay.actors.replies import failed, not_found
+from opay.domain import quote as rules
+from opay.domain.errors import DomainError
+
+
+def open_quote(command: OpenQuote, state: rules.Quote | None, step: Step) -> None:
+    if state is not None:
+        step.reply = Failed("conflict", "exists", "a quote with this id exists")
+        return
+    step.state = command.quote
+    step.reply = State(command.quote)
+
+
+def bind(command: BindQuote, state: rules.Quote | None, step: Step) -> None:
+    if state is None:
+        step.reply = not_found("quote")
+        return
+    if state.wallet_address != command.wallet_address:
+        step.reply = Failed("invalid", "invalid_quote", "the quote belongs to another wallet address")
+        return
+    try:
+        step.state = rules.use(state, command.payment_id, step.now_ms)
+    except DomainError as error:
+        step.reply = failed(error)
+        return
+    step.reply = State(step.state)
+
+
+def unbind(command: UnbindQuote, state: rules.Quote | None, step: Step) -> None:
+    if state is None:
+        step.reply = not_found("quote")
+        return
+    step.state = rules.unuse(state, command.payment_id)
+    step.reply = State(step.state)
+
+
+HANDLERS = {OpenQuote: open_quote, BindQuote: bind, UnbindQuote: unbind}

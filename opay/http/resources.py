@@ -1,0 +1,70 @@
+"""What every resource-server route shares: authentication, ids in paths, visibility."""
+
+from __future__ import annotations
+
+import uuid
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from opay.domain.incoming_payment import IncomingPayment
+from opay.http import wire
+from opay.http.errors import ApiError
+from opay.http.security import Authenticated, authenticate, bearer_token, unauthorized
+from opay.http.services import Services
+
+
+def json(status: int, body: object) -> Response:
+    return Response(wire.encode(body), status_code=status, media_type="application/json")
+
+
+async def authenticated(request: Request, s: Services, body: bytes) -> Authenticated:
+    token = bearer_token(request, s.settings)
+    if token is None:
+        raise unauthorized(s.settings, "missing_token", "an access token is required")
+    return await authenticate(
+        request, body, settings=s.settings, introspector=s.introspector, client_keys=s.client_keys, token=token
+    )
+
+
+def canonical_uuid(raw: str) -> str | None:
+    try:
+        value = uuid.UUID(raw)
+    except ValueError:
+        return None
+    return str(value) if str(value) == raw else None
+
+
+def path_uuid(request: Request, what: str) -> str:
+    found = canonical_uuid(request.path_params["resource_id"])
+    if found is None:
+        raise ApiError(404, "not_found", f"no such {what}")
+    return found
+
+
+def uuid_in_url(s: Services, url: str, collection: str) -> str | None:
+    """The id of one of this server's resources from its URL, or None for any other URL."""
+    prefix = f"{s.settings.resource_server_url}/{collection}/"
+    return canonical_uuid(url[len(prefix) :]) if url.startswith(prefix) else None
+
+
+def visible(authenticated: Authenticated, resource_type: str, action: str, wallet_address: str, client: str | None) -> bool:
+    """Another wallet address's or another client's resource is as good as absent."""
+    try:
+        principal = authenticated.require(resource_type, action, wallet_address)
+    except ApiError:
+        return False
+    return principal.scope_client is None or principal.scope_client == client
+
+
+async def local_incoming_payment(s: Services, url: str) -> IncomingPayment:
+    """A receiver on this server. Others are refused clearly until remote settlement exists."""
+    if not url.startswith(("http://", "https://")) or "/incoming-payments/" not in url:
+        raise ApiError(400, "invalid_receiver", "the receiver must be an incoming payment URL")
+    payment_uuid = uuid_in_url(s, url, "incoming-payments")
+    if payment_uuid is None:
+        raise ApiError(400, "unsupported_receiver", "paying incoming payments on other servers is not supported yet")
+    payment = await s.queries.entity(f"ip:{payment_uuid}")
+    if not isinstance(payment, IncomingPayment):
+        raise ApiError(400, "invalid_receiver", "no such incoming payment")
+    return payment
