@@ -56,7 +56,7 @@ def credit(command: CreditIncomingPayment, state: rules.IncomingPayment | None, 
                 {"amount": str(outcome.amount)},
             )
         else:
-            step.reply = Credited(outcome, state.asset)
+            step.reply = Credited(outcome, state.asset, True, state.received, state.incoming_amount)
         return
     try:
         after, outcome = rules.credit(state, command.amount, step.now_ms)
@@ -68,7 +68,7 @@ def credit(command: CreditIncomingPayment, state: rules.IncomingPayment | None, 
     if after.completed and not state.completed:
         step.not_due()
         step.emit("incoming_payment.completed", after)
-    step.reply = Credited(outcome, state.asset)
+    step.reply = Credited(outcome, state.asset, False, after.received, after.incoming_amount)
 
 
 def complete(command: CompleteIncomingPayment, state: rules.IncomingPayment | None, step: Step) -> None:

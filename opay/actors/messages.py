@@ -110,6 +110,12 @@ class State(msgspec.Struct, frozen=True, tag="state"):
 class Credited(msgspec.Struct, frozen=True, tag="credited"):
     outcome: CreditOutcome
     asset: Asset
+    # True when the idempotency key was already applied: the outcome is the first one.
+    # The operator API answers the same either way; an ILP receiver must not fulfil twice.
+    replayed: bool = False
+    # The payment's totals now (they may have moved on since the first outcome).
+    received_now: int = 0
+    incoming_amount: int | None = None
 
 
 class Spent(msgspec.Struct, frozen=True, tag="spent"):

@@ -61,10 +61,10 @@ async def local_incoming_payment(s: Services, url: str) -> IncomingPayment:
     """A receiver on this server. Others are refused clearly until remote settlement exists."""
     if not url.startswith(("http://", "https://")) or "/incoming-payments/" not in url:
         raise ApiError(400, "invalid_receiver", "the receiver must be an incoming payment URL")
-    payment_uuid = uuid_in_url(s, url, "incoming-payments")
-    if payment_uuid is None:
+    if not url.startswith(s.settings.resource_server_url + "/"):
         raise ApiError(400, "unsupported_receiver", "paying incoming payments on other servers is not supported yet")
-    payment = await s.queries.entity(f"ip:{payment_uuid}")
+    payment_uuid = uuid_in_url(s, url, "incoming-payments")
+    payment = None if payment_uuid is None else await s.queries.entity(f"ip:{payment_uuid}")
     if not isinstance(payment, IncomingPayment):
         raise ApiError(400, "invalid_receiver", "no such incoming payment")
     return payment
