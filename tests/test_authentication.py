@@ -541,11 +541,12 @@ async def test_a_malformed_grant_request_is_400(world, store, body) -> None:
         assert_error(response, 400, "invalid_request")
 
 
-async def test_an_interactive_grant_request_is_400_for_now(world, store) -> None:
+async def test_an_interactive_grant_request_is_pending_until_consent(world) -> None:
     body = grant_body(world, interact={"start": ["redirect"], "finish": {"method": "redirect", "uri": "http://x/y", "nonce": "n"}})
-    async with store.unchanged():
-        response = await world.client.request("POST", world.receiver["authServer"], json=body)
-        assert_error(response, 400, "invalid_request")
+    response = await world.client.request("POST", world.receiver["authServer"], json=body)
+    assert response.status_code == 200, response.text
+    assert set(response.json()) == {"interact", "continue"}, "no token before the user consents"
+    assert response.json()["interact"]["redirect"].startswith(world.receiver["authServer"] + "/interact/")
 
 
 async def test_grant_management_with_a_wrong_token_is_401(world, store) -> None:

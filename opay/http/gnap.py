@@ -3,9 +3,16 @@
 Every request is signed by the client; the key comes from the client's wallet address
 (by keyid) or, for directed identity, from the request itself. Management requests must
 be signed by the same client the grant was issued to.
+
+A request with `interact` (required for outgoing-payment access) gets a pending grant
+and a consent page URL (opay/http/consent.py); the client continues with the
+interact_ref from the finish redirect, or polls no faster than `wait`.
 """
 
 from __future__ import annotations
+
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import httpx
 import msgspec
@@ -14,9 +21,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from opay.clock import now_ms
-from opay.auth.access import AccessItem, invalid_actions
-from opay.auth.grants import ClientRef, Token
-from opay.http import signatures, wire
+from opay.auth.access import AccessItem, invalid_actions, parse_limits
+from opay.auth.grants import ClientRef, ContinuationRefused, Finish, Grant, Token
+from opay.domain.amounts import Asset
+from opay.domain.errors import DomainError
+from opay.http import consent, signatures, wire
 from opay.http.errors import ApiError
 from opay.http.security import client_key, verify_request_signature
 from opay.http.services import Services, read_body, services
@@ -30,14 +39,32 @@ class AccessTokenRequest(msgspec.Struct, frozen=True):
     access: list[AccessItem]
 
 
+class FinishRequest(msgspec.Struct, frozen=True):
+    method: Literal["redirect"]
+    uri: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+    nonce: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
+
+class InteractRequest(msgspec.Struct, frozen=True):
+    start: list[str]
+    finish: FinishRequest | None = None
+
+
 class GrantRequest(msgspec.Struct, frozen=True):
     client: str | dict
     access_token: AccessTokenRequest | None = None
-    interact: dict | None = None
+    interact: InteractRequest | None = None
     subject: dict | None = None
 
 
+class ContinueRequest(msgspec.Struct, frozen=True):
+    interact_ref: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
 
+
+# Continuation refusals: GNAP's codes, with the statuses the spec gives them.
+_CONTINUATION_STATUS = {"too_fast": 400, "invalid_continuation": 401, "request_denied": 401}
+# A finish URI may be a web page or an app's own scheme, never one that runs or embeds content.
+_UNSAFE_SCHEMES = {"javascript", "data", "vbscript", "file", "blob", "about"}
 
 def _wallet_address(raw: str) -> ClientRef:
     # Not a URL we could fetch keys from is bad input (400), not an outage (503).
@@ -81,7 +108,7 @@ async def _signed_by(request: Request, s: Services, body: bytes, client: ClientR
         raise ApiError(401, "invalid_client", error.description) from None
 
 
-async def _check_access(s: Services, access: list[AccessItem]) -> None:
+async def _check_access(s: Services, access: list[AccessItem], interactive: bool) -> None:
     if not access or len(access) > MAX_ACCESS_ITEMS:
         raise ApiError(400, "invalid_request", f"access must hold 1 to {MAX_ACCESS_ITEMS} items")
     for item in access:
@@ -89,11 +116,68 @@ async def _check_access(s: Services, access: list[AccessItem]) -> None:
         if wrong or not item.actions:
             raise ApiError(400, "invalid_request", f"invalid actions for {item.type}: {wrong or 'none given'}")
         if item.type == "outgoing-payment":
-            raise ApiError(
-                400, "invalid_request", "outgoing-payment access needs an interactive grant, which this server does not offer yet"
-            )
-        if item.identifier is not None and await s.wallet_by_url(item.identifier) is None:
+            if not interactive:
+                raise ApiError(
+                    400, "invalid_request", 'outgoing-payment access needs an interactive grant: send interact {"start": ["redirect"]}'
+                )
+            if item.identifier is None:
+                raise ApiError(400, "invalid_request", "outgoing-payment access needs an identifier: the wallet address to pay from")
+        wallet = None if item.identifier is None else await s.wallet_by_url(item.identifier)
+        if item.identifier is not None and wallet is None:
             raise ApiError(400, "invalid_request", f"identifier {item.identifier} is not a wallet address of this server")
+        if item.type == "outgoing-payment":
+            assert wallet is not None
+            _check_limits(item, wallet.asset)
+        elif item.limits is not None:
+            raise ApiError(400, "invalid_request", f"limits apply to outgoing-payment access only, not {item.type}")
+
+
+def _check_limits(item: AccessItem, asset: Asset) -> None:
+    try:
+        limits = parse_limits(item.limits)
+    except DomainError as error:
+        raise ApiError(400, "invalid_request", error.description, {"reason": error.code}) from None
+    if limits.debit_asset is not None and limits.debit_asset != asset:
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"limits.debitAmount must be in the wallet address's asset, {asset.code} with scale {asset.scale}",
+            {"reason": "invalid_asset"},
+        )
+    if limits.receiver is not None and not _is_http_url(limits.receiver):
+        raise ApiError(400, "invalid_request", "limits.receiver must be an http(s) URL", {"reason": "invalid_limits"})
+
+
+def _is_http_url(text: str) -> bool:
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def _finish(interact: InteractRequest) -> Finish | None:
+    if "redirect" not in interact.start:
+        raise ApiError(400, "invalid_request", 'interact.start must offer "redirect", the only interaction this server starts')
+    if interact.finish is None:
+        return None
+    uri = interact.finish.uri
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        parts = None
+    if parts is None or not parts.scheme or parts.scheme.lower() in _UNSAFE_SCHEMES or not (parts.netloc or parts.path):
+        raise ApiError(400, "invalid_request", "interact.finish.uri must be an absolute URI the user can be redirected to")
+    if any(ord(c) < 0x21 or c in "<>\"\\^`{|}" for c in uri):
+        raise ApiError(400, "invalid_request", "interact.finish.uri holds characters a URI may not hold")
+    return Finish(method=interact.finish.method, uri=uri, nonce=interact.finish.nonce)
+
+
+def _continue_view(s: Services, grant: Grant, continue_token: str, wait: bool) -> dict:
+    view: dict = {"access_token": {"value": continue_token}, "uri": f"{s.settings.auth_server_url}/continue/{grant.id}"}
+    if wait and grant.interaction is not None:
+        view["wait"] = grant.interaction.wait_seconds
+    return view
 
 
 def _token_view(s: Services, value: str, token: Token) -> dict:
@@ -123,10 +207,27 @@ async def request_grant(request: Request) -> Response:
     await _signed_by(request, s, body, client)
     if grant_request.access_token is None:
         raise ApiError(400, "invalid_request", "access_token is required: subject-only grants are not offered")
-    if grant_request.interact is not None:
-        raise ApiError(400, "invalid_request", "interactive grants are not offered yet")
+    interact = grant_request.interact
+    if interact is not None and client.jwk is not None:
+        raise ApiError(400, "invalid_client", "directed identity (client.jwk) is for non-interactive grants only")
+    finish = None if interact is None else _finish(interact)
     access = grant_request.access_token.access
-    await _check_access(s, access)
+    await _check_access(s, access, interactive=interact is not None)
+    if interact is not None:
+        pending, continue_token = await s.grants.start(client, access, finish, now_ms())
+        assert pending.interaction is not None
+        return Response(
+            wire.encode(
+                {
+                    "interact": {
+                        "redirect": consent.page_url(s, pending),
+                        "finish": pending.interaction.finish_nonce,
+                    },
+                    "continue": _continue_view(s, pending, continue_token, wait=True),
+                }
+            ),
+            media_type="application/json",
+        )
     grant, value, token, continue_token = await s.grants.issue(client, access, now_ms())
     return Response(
         wire.encode(
@@ -145,11 +246,32 @@ async def request_grant(request: Request) -> Response:
 async def continue_grant(request: Request) -> Response:
     s = services(request)
     body = await read_body(request, s.settings.body_max_bytes)
-    grant = await s.grants.grant(request.path_params["grant_id"], _gnap_token(request))
+    continue_token = _gnap_token(request)
+    grant = await s.grants.grant(request.path_params["grant_id"], continue_token)
     if grant is None:
         raise ApiError(401, "invalid_continuation", "unknown grant or continuation token")
     await _signed_by(request, s, body, grant.client)
-    raise ApiError(400, "invalid_request", "the grant is already finalized: there is nothing to continue")
+    try:
+        parsed = wire.decode_body(body, ContinueRequest, allow_empty=True)
+    except ApiError as error:
+        raise ApiError(400, "invalid_request", error.description) from None
+    try:
+        outcome = await s.grants.continue_grant(grant.id, continue_token, parsed.interact_ref, now_ms())
+    except ContinuationRefused as refused:
+        raise ApiError(_CONTINUATION_STATUS[refused.code], refused.code, refused.description) from None
+    if outcome.token is None:
+        # Still pending: the same continuation token, and how long to wait before the next poll.
+        return Response(wire.encode({"continue": _continue_view(s, outcome.grant, continue_token, wait=True)}), media_type="application/json")
+    assert outcome.token_value is not None and outcome.continue_token is not None
+    return Response(
+        wire.encode(
+            {
+                "access_token": _token_view(s, outcome.token_value, outcome.token),
+                "continue": _continue_view(s, outcome.grant, outcome.continue_token, wait=False),
+            }
+        ),
+        media_type="application/json",
+    )
 
 
 async def cancel_grant(request: Request) -> Response:
@@ -194,4 +316,5 @@ ROUTES = [
     Route(PREFIX + "/continue/{grant_id}", cancel_grant, methods=["DELETE"]),
     Route(PREFIX + "/token/{token_id}", rotate_token, methods=["POST"]),
     Route(PREFIX + "/token/{token_id}", revoke_token, methods=["DELETE"]),
+    *consent.ROUTES,
 ]

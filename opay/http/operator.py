@@ -19,7 +19,7 @@ from opay.actors.messages import CancelOutgoingPayment, CreditIncomingPayment, C
 from opay.clock import now_ms
 from opay.domain.amounts import Asset, parse_uint64
 from opay.domain.exchange import BASIS_POINTS, FeeSchedule, parse_rate
-from opay.http import wire
+from opay.http import consent, wire
 from opay.http.errors import ApiError
 from opay.http.incoming_payments import entity_id
 from opay.http.resources import canonical_uuid, json, uuid_in_url
@@ -210,6 +210,17 @@ async def introspect(request: Request) -> Response:
     return Response(msgspec.json.encode(answer), media_type="application/json")
 
 
+async def approve_grant(request: Request) -> Response:
+    """The ASE approves a pending interactive grant (its own consent UI, or a policy)."""
+    s = _operator(request)
+    return json(200, await consent.operator_decision(s, request.path_params["grant_id"], approve=True))
+
+
+async def deny_grant(request: Request) -> Response:
+    s = _operator(request)
+    return json(200, await consent.operator_decision(s, request.path_params["grant_id"], approve=False))
+
+
 async def health(request: Request) -> Response:
     _operator(request)
     return json(200, {"status": "ok"})
@@ -227,4 +238,6 @@ ROUTES = [
     Route("/outgoing-payments/{payment_id}/fund", fund_outgoing_payment, methods=["POST"]),
     Route("/outgoing-payments/{payment_id}/cancel", cancel_outgoing_payment, methods=["POST"]),
     Route("/introspect", introspect, methods=["POST"]),
+    Route("/grants/{grant_id}/approve", approve_grant, methods=["POST"]),
+    Route("/grants/{grant_id}/deny", deny_grant, methods=["POST"]),
 ]
