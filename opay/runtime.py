@@ -18,6 +18,7 @@ from opay.actors.router import ShardRouter
 from opay.auth.client_keys import ClientKeys
 from opay.auth.grants import GrantStore
 from opay.auth.introspection import Introspector
+from opay.http import webhooks
 from opay.http.app import operator_app, public_app
 from opay.http.pricing import Pricing
 from opay.http.services import Services
@@ -112,6 +113,7 @@ async def serve(settings: Settings, redis_url: str, shards: list, *, show_token:
     background = [
         asyncio.create_task(timers.run(client, router, settings.timer_interval_seconds, settings.timer_batch_max)),
         asyncio.create_task(_forget_revoked(client, introspector)),
+        asyncio.create_task(webhooks.run(client, settings)),
     ]
     announce = asyncio.create_task(_announce(settings, servers, show_token))
     try:

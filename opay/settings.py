@@ -29,6 +29,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ilp_address: str = "test.opay"
     # base64url of 32 bytes; empty: generated on first start and kept in Redis.
     stream_secret: str = ""
+    # ILP-over-HTTP (POST {public_url}/ilp): comma-separated Bearer tokens of the peers
+    # allowed to send packets; empty: every packet is refused with 401.
+    ilp_incoming_tokens: str = ""
+    # The asset of the peering link, told to peers by IL-DCP; only incoming payments in
+    # this asset can receive over ILP (amounts are credited one to one).
+    ilp_asset_code: str = "USD"
+    ilp_asset_scale: int = 2
+    ilp_max_packet_amount: int = 0  # above it a Prepare is rejected F08; 0: no limit
     incoming_payment_default_expiry_seconds: int = 24 * 3600
     incoming_payment_max_expiry_seconds: int = 30 * 24 * 3600
     access_token_seconds: int = 3600
@@ -61,6 +69,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_max_attempts: int = 10
     webhook_timeout_seconds: float = 5.0
     webhook_concurrency: int = 16
+    # Retry n waits min(max, base * 2^(n-1)) seconds, plus up to 10% jitter.
+    webhook_backoff_base_seconds: float = 1.0
+    webhook_backoff_max_seconds: float = 600.0
+    webhook_poll_interval_seconds: float = 1.0
+    webhook_batch_max: int = 100  # events claimed per poll (never more than free delivery slots)
     list_page_default: int = 20
 
     @property

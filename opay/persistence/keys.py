@@ -50,6 +50,8 @@ STREAM_SECRET = f"{PREFIX}:stream-secret"
 WEBHOOK_EVENTS = f"{PREFIX}:webhooks:events"
 WEBHOOK_DUE = f"{PREFIX}:webhooks:due"
 WEBHOOK_DEAD = f"{PREFIX}:webhooks:dead"
+WEBHOOK_ATTEMPTS = f"{PREFIX}:webhooks:attempts"
+WEBHOOK_ERRORS = f"{PREFIX}:webhooks:errors"
 FEES = f"{PREFIX}:fees"
 
 

@@ -1,0 +1,405 @@
+"""Webhooks end to end: a real server delivering to a receiver in this process.
+
+The receiver decides per wallet address how to answer, so each test picks its own
+behaviour (healthy, failing N times, slow, always failing) without restarting anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import anyio
+import msgspec
+import pytest
+import redis.asyncio as aioredis
+
+from opay.actors.entity import Event
+from opay.domain.amounts import Asset
+from opay.domain.outgoing_payment import OutgoingPayment
+from opay.http import webhooks
+from opay.persistence import codec, keys
+from tests.support import OpayServer
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "test-webhook-secret"
+MAX_ATTEMPTS = 3
+TIMEOUT_SECONDS = 1.0
+BACKOFF_BASE = 0.3
+RFC3339_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+USD = {"assetCode": "USD", "assetScale": 2}
+
+
+@dataclass
+class Delivery:
+    at: float
+    headers: dict[str, str]
+    body: bytes
+    event: dict
+    status: int = 0  # 0: the receiver never answered in time
+
+
+# An answer: a status, or (seconds to stall, status).
+Policy = Callable[[int], "int | tuple[float, int]"]
+
+
+@dataclass
+class Receiver:
+    """A webhook endpoint: records every request; answers per the policy of the event's wallet address."""
+
+    deliveries: list[Delivery] = field(default_factory=list)
+    policies: dict[str, Policy] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    url: str = ""
+
+    def answer(self, headers: dict[str, str], body: bytes) -> tuple[float, int, Delivery]:
+        event = json.loads(body)
+        with self.lock:
+            attempt = 1 + sum(1 for d in self.deliveries if d.event["id"] == event["id"])
+            delivery = Delivery(time.monotonic(), headers, body, event)
+            self.deliveries.append(delivery)
+        policy = self.policies.get(event["data"]["walletAddress"], lambda attempt: 200)
+        outcome = policy(attempt)
+        stall, status = outcome if isinstance(outcome, tuple) else (0.0, outcome)
+        return stall, status, delivery
+
+    def of(self, payment_id: str, event_type: str | None = None) -> list[Delivery]:
+        with self.lock:
+            return [
+                d
+                for d in self.deliveries
+                if d.event["data"]["id"] == payment_id and (event_type is None or d.event["type"] == event_type)
+            ]
+
+    async def wait_for(self, condition: Callable[[], bool], timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, "timed out waiting for webhooks"
+            await anyio.sleep(0.05)
+
+
+def start_receiver() -> tuple[Receiver, ThreadingHTTPServer]:
+    receiver = Receiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            body = self.rfile.read(int(self.headers.get("content-length", "0")))
+            stall, status, delivery = receiver.answer({k.lower(): v for k, v in self.headers.items()}, body)
+            time.sleep(stall)
+            delivery.status = status if stall < TIMEOUT_SECONDS else 0
+            try:
+                self.send_response(status)
+                self.send_header("content-length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+            except OSError:
+                pass  # opay gave up waiting
+
+        def log_message(self, *args) -> None:
+            pass
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+        request_queue_size = 128  # the default 5 drops bursts of concurrent deliveries
+
+    httpd = Server(("127.0.0.1", 0), Handler)
+    receiver.url = f"http://127.0.0.1:{httpd.server_address[1]}/hooks"
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return receiver, httpd
+
+
+@pytest.fixture(scope="module")
+def receiver_and_httpd():
+    receiver, httpd = start_receiver()
+    yield receiver, httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def receiver(receiver_and_httpd) -> Receiver:
+    return receiver_and_httpd[0]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, receiver_and_httpd):
+    """Overrides the session server: this module's one has webhooks on, with short timings."""
+    receiver = receiver_and_httpd[0]
+    process = OpayServer(
+        Path(tmp_path_factory.mktemp("opay-webhooks")),
+        extra_env={
+            "OPAY_WEBHOOK_URL": receiver.url,
+            "OPAY_WEBHOOK_SECRET": SECRET,
+            "OPAY_WEBHOOK_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
+            "OPAY_WEBHOOK_TIMEOUT_SECONDS": str(TIMEOUT_SECONDS),
+            "OPAY_WEBHOOK_BACKOFF_BASE_SECONDS": str(BACKOFF_BASE),
+            "OPAY_WEBHOOK_BACKOFF_MAX_SECONDS": "1",
+            "OPAY_WEBHOOK_POLL_INTERVAL_SECONDS": "0.1",
+            "OPAY_WEBHOOK_CONCURRENCY": "16",
+        },
+    )
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+async def store(server):
+    client = aioredis.Redis.from_url(server.redis_url)
+    yield client
+    await client.aclose()
+
+
+def assert_signed(delivery: Delivery) -> None:
+    """Checked from the documented format, independently of opay's own helper."""
+    header = delivery.headers["opay-signature"]
+    match = re.fullmatch(r"t=(\d+),v1=([0-9a-f]{64})", header)
+    assert match, header
+    timestamp, mac = int(match[1]), match[2]
+    assert abs(time.time() - timestamp) < 60
+    expected = hmac.new(SECRET.encode(), f"{timestamp}.".encode() + delivery.body, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(mac, expected)
+    assert webhooks.verify(SECRET, header, delivery.body)
+    assert not webhooks.verify("another secret", header, delivery.body)
+    assert delivery.headers["content-type"] == "application/json"
+    assert delivery.headers["opay-event-id"] == delivery.event["id"]
+
+
+async def eventually(condition: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline, "timed out"
+        await anyio.sleep(0.05)
+
+
+async def forgotten(store: aioredis.Redis, event_id: str) -> bool:
+    """Gone from the outbox entirely, as a 2xx leaves it."""
+    async with store.pipeline(transaction=False) as pipe:
+        pipe.hexists(keys.WEBHOOK_EVENTS, event_id).zscore(keys.WEBHOOK_DUE, event_id)
+        pipe.hexists(keys.WEBHOOK_ATTEMPTS, event_id).zscore(keys.WEBHOOK_DEAD, event_id)
+        return await pipe.execute() == [False, None, False, None]
+
+
+def without_methods(view: dict) -> dict:
+    return {k: v for k, v in view.items() if k != "methods"}
+
+
+async def test_created_and_completed_arrive_signed_with_the_resource(world, receiver, store) -> None:
+    token = await world.token()
+    created = await world.create_payment(token, incomingAmount={"value": "100", **USD}, metadata={"order": "w-1"})
+    assert created.status_code == 201, created.text
+    payment = created.json()
+    assert (await world.operator.credit(payment["id"], "60", "wh-1")).status_code == 200
+    assert (await world.operator.credit(payment["id"], "40", "wh-2")).json()["completed"] is True
+    final = (await world.client.request("GET", payment["id"], token=token)).json()
+
+    await receiver.wait_for(lambda: receiver.of(payment["id"], "incoming_payment.completed"))
+    [first] = receiver.of(payment["id"], "incoming_payment.created")
+    [done] = receiver.of(payment["id"], "incoming_payment.completed")
+    for delivery in (first, done):
+        assert_signed(delivery)
+        assert set(delivery.event) == {"id", "type", "createdAt", "data"}
+        assert str(uuid.UUID(delivery.event["id"])) == delivery.event["id"]
+        assert RFC3339_MS.fullmatch(delivery.event["createdAt"])
+        assert delivery.headers["opay-event-type"] == delivery.event["type"]
+    assert first.event["data"] == without_methods(payment)
+    assert first.event["data"]["receivedAmount"]["value"] == "0"
+    assert done.event["data"] == without_methods(final)
+    assert done.event["data"]["receivedAmount"]["value"] == "100" and done.event["data"]["completed"] is True
+    assert first.event["id"] != done.event["id"]
+
+    # A 2xx removes the event from the outbox.
+    for delivery in (first, done):
+        await eventually(lambda: forgotten(store, delivery.event["id"]))
+
+
+async def test_a_failing_then_slow_receiver_gets_the_event_after_retries(world, receiver, store) -> None:
+    # Attempt 1: a 500; attempt 2: no answer within the timeout; attempt 3: accepted.
+    receiver.policies[world.receiver["id"]] = lambda attempt: {1: 500, 2: (TIMEOUT_SECONDS + 0.5, 200)}.get(attempt, 204)
+    token = await world.token()
+    created = await world.create_payment(token, incomingAmount={"value": "5", **USD})
+    assert created.status_code == 201
+    payment_id = created.json()["id"]
+
+    await receiver.wait_for(lambda: any(d.status == 204 for d in receiver.of(payment_id)))
+    attempts = receiver.of(payment_id, "incoming_payment.created")
+    assert [d.status for d in attempts] == [500, 0, 204]
+    assert [d.headers["opay-delivery-attempt"] for d in attempts] == ["1", "2", "3"]
+    assert len({d.event["id"] for d in attempts}) == 1  # one event id: receivers dedupe on it
+    assert all(d.body == attempts[0].body for d in attempts)
+    for delivery in attempts:
+        assert_signed(delivery)
+    # Exponential backoff between attempts (the second wait also includes the 1 s timeout).
+    assert attempts[1].at - attempts[0].at >= BACKOFF_BASE * 0.9
+    assert attempts[2].at - attempts[1].at >= TIMEOUT_SECONDS + 2 * BACKOFF_BASE * 0.9
+    event_id = attempts[0].event["id"]
+    await eventually(lambda: forgotten(store, event_id))
+    assert await store.zscore(keys.WEBHOOK_DEAD, event_id) is None
+
+
+async def test_a_dead_receiver_never_blocks_payments_or_other_events(world, server, receiver, store) -> None:
+    # Every event of this wallet stalls past the timeout, every attempt.
+    receiver.policies[world.receiver["id"]] = lambda attempt: (TIMEOUT_SECONDS + 0.5, 200)
+    token = await world.token()
+    started = time.monotonic()
+    ids = []
+    for _ in range(20):
+        began = time.monotonic()
+        created = await world.create_payment(token, incomingAmount={"value": "5", **USD})
+        assert created.status_code == 201
+        assert time.monotonic() - began < 1.0
+        ids.append(created.json()["id"])
+    assert time.monotonic() - started < 8.0
+
+    # Meanwhile a healthy wallet's events still flow.
+    healthy = await world.operator.wallet_address(f"bob-{uuid.uuid4().hex[:10]}", "USD", 2)
+    grant = await world.client.grant(healthy["authServer"], [{"type": "incoming-payment", "actions": ["create"]}])
+    other = await world.client.request(
+        "POST",
+        f"{server.public_url}/incoming-payments",
+        json={"walletAddress": healthy["id"], "incomingAmount": {"value": "7", **USD}},
+        token=grant["access_token"]["value"],
+    )
+    assert other.status_code == 201, other.text
+    await receiver.wait_for(lambda: any(d.status == 200 for d in receiver.of(other.json()["id"])), timeout=6.0)
+
+    # Each stalled event is tried exactly MAX_ATTEMPTS times, then lands in the dead set.
+    event_ids = set()
+
+    def all_dead_attempts_made() -> bool:
+        return all(len(receiver.of(payment_id)) == MAX_ATTEMPTS for payment_id in ids)
+
+    await receiver.wait_for(all_dead_attempts_made, timeout=20.0)
+    for payment_id in ids:
+        event_ids |= {d.event["id"] for d in receiver.of(payment_id)}
+    assert len(event_ids) == len(ids)
+
+    async def buried() -> bool:
+        return all([await store.zscore(keys.WEBHOOK_DEAD, event_id) is not None for event_id in event_ids])
+
+    await eventually(buried)
+    for event_id in event_ids:
+        assert await store.zscore(keys.WEBHOOK_DUE, event_id) is None
+        assert int(await store.hget(keys.WEBHOOK_ATTEMPTS, event_id)) == MAX_ATTEMPTS
+        assert b"no answer within" in await store.hget(keys.WEBHOOK_ERRORS, event_id)
+        kept = codec.decode(await store.hget(keys.WEBHOOK_EVENTS, event_id), Event)  # the body stays for operators
+        assert kept.type == "incoming_payment.created"
+    await anyio.sleep(3 * BACKOFF_BASE)
+    assert all_dead_attempts_made()  # and is never tried again
+
+
+async def test_expired_arrives_after_a_short_expires_at(world, receiver) -> None:
+    token = await world.token()
+    expires_at = datetime.now(timezone.utc) + timedelta(seconds=1.5)
+    wire_expires = expires_at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{expires_at.microsecond // 1000:03d}Z"
+    created = await world.create_payment(token, incomingAmount={"value": "5", **USD}, expiresAt=wire_expires)
+    assert created.status_code == 201, created.text
+    payment_id = created.json()["id"]
+
+    await receiver.wait_for(lambda: receiver.of(payment_id, "incoming_payment.expired"), timeout=8.0)
+    [expired] = receiver.of(payment_id, "incoming_payment.expired")
+    assert_signed(expired)
+    assert expired.event["data"]["expiresAt"] == wire_expires
+    assert expired.event["data"]["completed"] is False
+    assert expired.event["createdAt"] >= wire_expires
+
+
+async def test_claims_are_exclusive_and_bounded(server, store) -> None:
+    """Two deliverers (two front ends) claiming at once never get the same attempt."""
+    prefix = f"opay:test-webhooks:{uuid.uuid4().hex}"
+    names = {name: f"{prefix}:{name}" for name in ("events", "due", "dead", "attempts", "errors")}
+    other_client = aioredis.Redis.from_url(server.redis_url)  # another front end's connection
+    try:
+        first, second = webhooks.Outbox(store, **names), webhooks.Outbox(other_client, **names)
+        now = int(time.time() * 1000)
+        ids = [f"e{n}" for n in range(300)]
+        await store.hset(names["events"], mapping={event_id: b"body-" + event_id.encode() for event_id in ids})
+        await store.zadd(names["due"], {event_id: now - 1 for event_id in ids})
+        got: list[str] = []
+
+        async def drain(outbox: webhooks.Outbox) -> None:
+            while batch := await outbox.claim(now, 7, now + 60_000, 3):
+                assert all(c.attempt == 1 and c.body == b"body-" + c.id.encode() for c in batch)
+                got.extend(c.id for c in batch)
+
+        async with anyio.create_task_group() as group:
+            for outbox in (first, second, first, second):
+                group.start_soon(drain, outbox)
+        assert sorted(got) == sorted(ids)  # each exactly once
+
+        # Leased: nothing is due again before the lease runs out.
+        assert await first.claim(now + 59_999, 10, now + 120_000, 3) == []
+
+        # A claim whose deliverer died comes back after its lease, attempt counted; a stale
+        # settlement from the dead deliverer is ignored; after the last attempt it is buried.
+        await store.zrem(names["due"], *ids[1:])
+        [claimed] = await first.claim(now + 60_000, 1, now + 60_001, 3)
+        assert claimed.attempt == 2
+        [again] = await second.claim(now + 60_001, 1, now + 60_002, 3)
+        assert again.id == claimed.id and again.attempt == 3
+        assert await first.failed(claimed, "late", now, now) is False
+        assert await second.claim(now + 60_002, 1, now + 60_003, 3) == []  # attempt 4 > 3: buried, not sent
+        assert await store.zscore(names["dead"], claimed.id) is not None
+        assert await store.zscore(names["due"], claimed.id) is None
+
+        # A settled success forgets the event everywhere.
+        await first.delivered(claimed.id)
+        assert await store.zscore(names["dead"], claimed.id) is None
+        assert not await store.hexists(names["events"], claimed.id)
+    finally:
+        await store.delete(*names.values())
+        await other_client.aclose()
+
+
+def test_signature_helpers_and_backoff() -> None:
+    body = b'{"id":"x"}'
+    header = webhooks.sign("s3cret", body, 1_700_000_000)
+    assert header == "t=1700000000,v1=" + hmac.new(b"s3cret", b"1700000000." + body, hashlib.sha256).hexdigest()
+    assert webhooks.verify("s3cret", header, body, now=1_700_000_100)
+    assert not webhooks.verify("s3cret", header, body + b" ", now=1_700_000_100)  # the raw body, byte for byte
+    assert not webhooks.verify("s3cret", header, body, now=1_700_000_301)  # too old: a replay
+    assert webhooks.verify("s3cret", header + ",v1=00", body, now=1_700_000_000)  # several v1: secret rotation
+    assert not webhooks.verify("s3cret", "v1=abc", body)
+
+    waits = [webhooks.backoff_seconds(n, 1.0, 600.0, jitter=lambda: 0.0) for n in range(1, 13)]
+    assert waits[:4] == [1.0, 2.0, 4.0, 8.0] and waits[-1] == 600.0
+    assert webhooks.backoff_seconds(1, 1.0, 600.0, jitter=lambda: 1.0) == pytest.approx(1.1)
+    assert webhooks.backoff_seconds(10_000, 1.0, 600.0, jitter=lambda: 0.0) == 600.0
+
+
+def test_outgoing_payment_events_render_the_resource_view() -> None:
+    asset = Asset("USD", 2)
+    payment = OutgoingPayment(
+        id="4c0d3e1a-0000-4000-8000-000000000001",
+        wallet_address="https://ase.example/alice",
+        client=None,
+        grant_id="g",
+        quote_id="4c0d3e1a-0000-4000-8000-000000000002",
+        receiver="https://other.example/incoming-payments/1",
+        debit_asset=asset,
+        receive_asset=asset,
+        debit=110,
+        receive=100,
+        fee=10,
+        created_at_ms=1_700_000_000_123,
+        phase="completed",
+        sent=110,
+    )
+    body = webhooks.render(Event("ev-1", "outgoing_payment.completed", 1_700_000_001_000, payment), "https://ase.example")
+    decoded = msgspec.json.decode(body)
+    assert decoded["id"] == "ev-1" and decoded["type"] == "outgoing_payment.completed"
+    assert decoded["createdAt"] == "2023-11-14T22:13:21.000Z"
+    assert decoded["data"]["id"] == "https://ase.example/outgoing-payments/4c0d3e1a-0000-4000-8000-000000000001"
+    assert decoded["data"]["sentAmount"] == {"value": "110", "assetCode": "USD", "assetScale": 2}
+    assert decoded["data"]["failed"] is False
