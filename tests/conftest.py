@@ -6,6 +6,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -44,6 +45,27 @@ class World:
         access = access or [{"type": "incoming-payment", "actions": INCOMING_ALL}]
         grant = await (client or self.client).grant(self.receiver["authServer"], access)
         return grant["access_token"]["value"]
+
+    async def outgoing_token(self, limits: dict | None = None, wallet: dict | None = None, client: SignedClient | None = None) -> str:
+        """An outgoing-payment token: an interactive grant the ASE approves via the operator API."""
+        client = client or self.client
+        wallet = wallet or self.receiver
+        item: dict = {"type": "outgoing-payment", "actions": ["create", "read", "list"], "identifier": wallet["id"]}
+        if limits:
+            item["limits"] = limits
+        body = {"access_token": {"access": [item]}, "client": client.wallet_address, "interact": {"start": ["redirect"]}}
+        pending = await client.request("POST", wallet["authServer"], json=body)
+        assert pending.status_code == 200, pending.text
+        grant_id = pending.json()["continue"]["uri"].rsplit("/", 1)[1]
+        approved = await self.operator.post(f"/grants/{grant_id}/approve", {})
+        assert approved.status_code in (200, 204), approved.text
+        while True:
+            continued = await client.request("POST", pending.json()["continue"]["uri"], token=pending.json()["continue"]["access_token"]["value"])
+            if continued.status_code == 400 and continued.json()["error"]["code"] == "too_fast":
+                await anyio.sleep(0.2)
+                continue
+            assert continued.status_code == 200, continued.text
+            return continued.json()["access_token"]["value"]
 
     async def new_client(self, name: str) -> SignedClient:
         wallet = await self.operator.wallet_address(f"{name}-{uuid.uuid4().hex[:10]}")

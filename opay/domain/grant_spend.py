@@ -70,26 +70,23 @@ def reserve(
     if limits.receiver is not None and limits.receiver != receiver:
         raise Forbidden("insufficient_grant", "the grant does not allow paying this receiver")
     state = spent_now(state, limits, now_ms)
-    if limits.debit is not None:
-        if limits.debit_asset != debit_asset:
-            raise Invalid("invalid_asset", "the payment's debit asset differs from the grant's debit limit")
-        if state.spent_debit + debit > limits.debit:
-            raise Forbidden(
-                "grant_limit_exceeded",
-                "the payment would spend past the grant's debitAmount limit",
-                {"spentDebitAmount": str(state.spent_debit), "limit": str(limits.debit)},
-            )
-    if limits.receive is not None:
-        if limits.receive_asset != receive_asset:
-            raise Invalid("invalid_asset", "the payment's receive asset differs from the grant's receiveAmount limit")
-        if state.spent_receive + receive > limits.receive:
-            raise Forbidden(
-                "grant_limit_exceeded",
-                "the payment would spend past the grant's receiveAmount limit",
-                {"spentReceiveAmount": str(state.spent_receive), "limit": str(limits.receive)},
-            )
+    _within("debitAmount", limits.debit, limits.debit_asset, state.spent_debit, debit, debit_asset)
+    _within("receiveAmount", limits.receive, limits.receive_asset, state.spent_receive, receive, receive_asset)
     after = msgspec.structs.replace(state, spent_debit=state.spent_debit + debit, spent_receive=state.spent_receive + receive)
     return after, Reservation(debit=debit, receive=receive, window=state.window)
+
+
+def _within(name: str, limit: int | None, limit_asset: Asset | None, spent: int, amount: int, asset: Asset) -> None:
+    if limit is None:
+        return
+    if limit_asset != asset:
+        raise Invalid("invalid_asset", f"the payment's asset differs from the grant's {name} limit")
+    if spent + amount > limit:
+        raise Forbidden(
+            "grant_limit_exceeded",
+            f"the payment would spend past the grant's {name} limit",
+            {"spent": str(spent), "limit": str(limit), "limitOn": name},
+        )
 
 
 def release(state: GrantSpend, reservation: Reservation) -> tuple[GrantSpend, Reservation]:

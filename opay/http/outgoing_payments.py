@@ -29,7 +29,7 @@ from opay.http.errors import ApiError
 from opay.http.pagination import page_response, parse_page_query
 from opay.http.quotes import price_quote, sender_wallet
 from opay.http.resources import authenticated, json, path_uuid, uuid_in_url, visible
-from opay.http.services import Services, read_body, services
+from opay.http.services import read_body, services
 from opay.persistence import keys
 
 KIND = "op"

@@ -12,7 +12,6 @@ token authenticates the payment id under a key only this server holds.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import os
 import uuid
