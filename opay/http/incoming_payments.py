@@ -16,10 +16,9 @@ from opay.domain.incoming_payment import IncomingPayment
 from opay.domain.times import parse_date_time
 from opay.http import wire
 from opay.http.errors import ApiError
-from opay.http.pagination import page_response, parse_page_query
+from opay.http.pagination import list_resources
 from opay.http.resources import authenticated, json, path_uuid, visible
 from opay.http.services import Services, read_body, services
-from opay.persistence import keys
 
 KIND = "ip"
 PATH = "/incoming-payments"
@@ -105,17 +104,7 @@ async def complete(request: Request) -> Response:
 
 
 async def list_payments(request: Request) -> Response:
-    s = services(request)
-    query = parse_page_query(request, s.settings.list_page_default)
-    caller = await authenticated(request, s, b"")
-    principal = caller.require("incoming-payment", "list", query.wallet_address)
-    index = keys.index(KIND, query.wallet_address, principal.scope_client)
-    return json(
-        200,
-        await page_response(
-            s.queries, index, query, KIND, lambda p: wire.incoming_payment(p, s.settings.resource_server_url)
-        ),
-    )
+    return json(200, await list_resources(request, "incoming-payment", KIND, wire.incoming_payment))
 
 
 ROUTES = [

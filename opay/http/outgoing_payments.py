@@ -26,11 +26,10 @@ from opay.domain.outgoing_payment import OutgoingPayment
 from opay.domain.quote import Quote
 from opay.http import wire
 from opay.http.errors import ApiError
-from opay.http.pagination import page_response, parse_page_query
+from opay.http.pagination import list_resources
 from opay.http.quotes import price_quote, sender_wallet
 from opay.http.resources import authenticated, json, path_uuid, uuid_in_url, visible
 from opay.http.services import read_body, services
-from opay.persistence import keys
 
 KIND = "op"
 PATH = "/outgoing-payments"
@@ -116,15 +115,7 @@ async def get(request: Request) -> Response:
 
 
 async def list_payments(request: Request) -> Response:
-    s = services(request)
-    query = parse_page_query(request, s.settings.list_page_default)
-    caller = await authenticated(request, s, b"")
-    principal = caller.require("outgoing-payment", "list", query.wallet_address)
-    index = keys.index(KIND, query.wallet_address, principal.scope_client)
-    return json(
-        200,
-        await page_response(s.queries, index, query, KIND, lambda p: wire.outgoing_payment(p, s.settings.resource_server_url)),
-    )
+    return json(200, await list_resources(request, "outgoing-payment", KIND, wire.outgoing_payment))
 
 
 async def grant_spent(request: Request) -> Response:

@@ -11,6 +11,9 @@ import msgspec
 from starlette.requests import Request
 
 from opay.http.errors import ApiError
+from opay.http.resources import authenticated
+from opay.http.services import services
+from opay.persistence import keys
 from opay.persistence.queries import CursorNotFound, Queries
 
 PAGE_MAX = 100
@@ -59,3 +62,13 @@ async def page_response(
     pagination["hasNextPage"] = page.has_next
     pagination["hasPreviousPage"] = page.has_previous
     return {"pagination": pagination, "result": [view(item) for item in page.items]}
+
+
+async def list_resources(request: Request, resource_type: str, kind: str, view: Callable[[object, str], dict]) -> dict:
+    """A page of a wallet address's resources of one kind: the caller's own, or all with list-all."""
+    s = services(request)
+    caller = await authenticated(request, s, b"")
+    query = parse_page_query(request, s.settings.list_page_default)
+    principal = caller.require(resource_type, "list", query.wallet_address)
+    index = keys.index(kind, query.wallet_address, principal.scope_client)
+    return await page_response(s.queries, index, query, kind, lambda item: view(item, s.settings.resource_server_url))
