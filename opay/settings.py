@@ -57,6 +57,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     timer_batch_max: int = 500
     body_max_bytes: int = 64 * 1024
     quote_validity_seconds: int = 300
+    # The consent page's approve/deny buttons decide the grant. Without a login in front
+    # of {auth}/interact/, whoever holds the link decides: set false in production and
+    # decide through the operator API (POST /grants/{id}/approve|deny) instead.
+    consent_page_decides: bool = True
     # Fund outgoing payments at once (a wallet that debits the sender itself); off: the
     # ASE funds each one through the operator API.
     auto_fund: bool = True

@@ -12,10 +12,13 @@ import urllib.parse
 import uuid
 
 import anyio
+import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from opay.client import SignedClient, public_jwk
+from tests.conftest import make_world
+from tests.support import OpayServer
 from tests.test_authentication import Store
 from tests.test_bad_input import assert_error
 
@@ -400,3 +403,25 @@ async def test_unlimited_outgoing_access_is_allowed_and_the_page_says_so(world) 
     pending = await start(world, [outgoing(world, limits=None)])
     page = (await world.http.get(pending["interact"]["redirect"])).text
     assert "No amount limit" in page and "anyone" in page
+
+
+async def test_consent_page_can_be_made_informational(tmp_path) -> None:
+    """With OPAY_CONSENT_PAGE_DECIDES=false only the operator API decides: the client that
+    received the link cannot approve its own grant."""
+    server = OpayServer(tmp_path, extra_env={"OPAY_CONSENT_PAGE_DECIDES": "false"}).start()
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            world = await make_world(server, http)
+            item = {"type": "outgoing-payment", "actions": ["create"], "identifier": world.receiver["id"]}
+            body = {"access_token": {"access": [item]}, "client": world.client.wallet_address, "interact": {"start": ["redirect"]}}
+            pending = (await world.client.request("POST", world.receiver["authServer"], json=body)).json()
+            redirect = pending["interact"]["redirect"]
+            assert (await http.get(redirect)).status_code == 200
+            refused = await http.post(redirect + "/approve", follow_redirects=False)
+            assert refused.status_code == 403
+            poll = await world.client.request("POST", pending["continue"]["uri"], token=pending["continue"]["access_token"]["value"])
+            assert "access_token" not in poll.json()
+            grant_id = pending["continue"]["uri"].rsplit("/", 1)[1]
+            assert (await world.operator.post(f"/grants/{grant_id}/approve", {})).status_code == 200
+    finally:
+        server.stop()

@@ -188,6 +188,11 @@ async def show(request: Request) -> Response:
 
 async def _decide(request: Request, approve: bool) -> Response:
     s = services(request)
+    if not s.settings.consent_page_decides:
+        # The page only informs; the ASE decides through the operator API after it has
+        # authenticated its user. Anyone holding the link (the client included) could
+        # otherwise approve.
+        return _page("Decided by your provider", "<h1>Not here</h1><p>Your provider records this decision.</p>", 403)
     decided = await s.grants.decide(request.path_params["grant_id"], approve, now_ms(), nonce=request.path_params["nonce"])
     if decided is None:
         return _not_found()
