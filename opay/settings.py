@@ -117,6 +117,10 @@ def from_environment(environ: dict[str, str] | None = None) -> Settings:
     settings = Settings(**values)
     if settings.public_url.endswith("/"):
         raise ValueError("OPAY_PUBLIC_URL must not end with '/': the SDK joins paths onto it")
+    if not 0 <= settings.ilp_asset_scale <= 255 or not settings.ilp_asset_code:
+        raise ValueError("OPAY_ILP_ASSET_CODE must be set and OPAY_ILP_ASSET_SCALE must be 0..255")
+    if not 0 <= settings.ilp_max_packet_amount <= 2**64 - 1:
+        raise ValueError("OPAY_ILP_MAX_PACKET_AMOUNT must be 0 (no limit) or a uint64")
     if not settings.operator_token:
         settings = msgspec.structs.replace(settings, operator_token=secrets.token_urlsafe(24))
     return settings

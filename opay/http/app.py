@@ -7,7 +7,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 
 from opay.domain.errors import DomainError
-from opay.http import errors, gnap, incoming_payments, operator, outgoing_payments, quotes, wallet_addresses
+from opay.http import errors, gnap, ilp, incoming_payments, operator, outgoing_payments, quotes, wallet_addresses
 from opay.http.services import Services
 
 
@@ -26,7 +26,7 @@ def _exception_handlers() -> dict:
 def public_app(services: Services) -> Starlette:
     # Wallet addresses come last: their catch-all path must not shadow the API routes.
     app = Starlette(
-        routes=[*incoming_payments.ROUTES, *quotes.ROUTES, *outgoing_payments.ROUTES, *gnap.ROUTES, *wallet_addresses.ROUTES],
+        routes=[*incoming_payments.ROUTES, *quotes.ROUTES, *outgoing_payments.ROUTES, *gnap.ROUTES, *ilp.ROUTES, *wallet_addresses.ROUTES],
         exception_handlers=_exception_handlers(),
     )
     app.state.services = services

@@ -11,7 +11,7 @@ from starlette.routing import Route
 from opay.clock import now_ms
 from opay.actors.messages import CompleteIncomingPayment, OpenIncomingPayment, State
 from opay.domain import incoming_payment as rules
-from opay.domain.amounts import require_asset
+from opay.domain.amounts import Asset, require_asset
 from opay.domain.incoming_payment import IncomingPayment
 from opay.domain.times import parse_date_time
 from opay.http import wire
@@ -31,8 +31,11 @@ def entity_id(payment_uuid: str) -> str:
 
 def with_methods(s: Services, payment: IncomingPayment) -> dict:
     view = wire.incoming_payment(payment, s.settings.resource_server_url)
-    if payment.completed or rules.is_expired(payment, now_ms()):
-        view["methods"] = []  # nothing can be paid into it any more
+    link = Asset(s.settings.ilp_asset_code, s.settings.ilp_asset_scale)
+    if payment.completed or rules.is_expired(payment, now_ms()) or payment.asset != link:
+        # Nothing can be paid into it any more, or not over our ILP link: it credits one
+        # to one in the link's asset, so another asset has no usable credentials.
+        view["methods"] = []
     else:
         credentials = s.mint.issue(payment.id)
         view["methods"] = [

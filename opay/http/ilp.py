@@ -1,0 +1,82 @@
+"""Synchronous ILP-over-HTTP: `POST /ilp`, a Prepare in the body, a Fulfill or Reject back.
+
+The wire of ilp-plugin-http and of Rafiki's HTTP peering: `Authorization: Bearer <token>`
+with a token listed in OPAY_ILP_INCOMING_TOKENS, any content type (peers send
+application/ilp+octet-stream or application/octet-stream), and every ILP outcome,
+rejections included, as a 200 with the encoded packet (the plugin treats any other
+status as a transport failure). The logic lives in opay.ilp.receiver.
+"""
+
+from __future__ import annotations
+
+import hmac
+from datetime import datetime, timezone
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from opay.actors.messages import CreditIncomingPayment, Reply
+from opay.domain.incoming_payment import IncomingPayment
+from opay.http.errors import ApiError
+from opay.http.incoming_payments import entity_id
+from opay.http.services import Services, read_body, services
+from opay.ilp.receiver import ReceiverConfig, StreamReceiver, peer_label
+from opay.settings import Settings
+
+PATH = "/ilp"
+# An ILP packet is at most 32767 bytes of data plus its header and a 1023-byte address.
+BODY_MAX_BYTES = 40 * 1024
+MEDIA_TYPE = "application/octet-stream"
+
+
+def incoming_tokens(settings: Settings) -> tuple[str, ...]:
+    return tuple(t.strip() for t in settings.ilp_incoming_tokens.split(",") if t.strip())
+
+
+def presented_token(header: str | None, tokens: tuple[str, ...]) -> str | None:
+    """The configured token this Authorization header presents (constant-time compare)."""
+    if not header or not tokens:
+        return None
+    scheme, _, value = header.strip().partition(" ")
+    value = value.strip()
+    if scheme.lower() != "bearer" or not value:
+        return None
+    found = None
+    for token in tokens:  # no early exit: the time taken does not depend on which matched
+        if hmac.compare_digest(value.encode(), token.encode()):
+            found = token
+    return found
+
+
+def make_receiver(s: Services) -> StreamReceiver:
+    async def credit(payment_uuid: str, amount: int, key: str) -> Reply:
+        # The same command, entity and journal as an operator credit: one code path.
+        return await s.router.ask(CreditIncomingPayment(entity_id(payment_uuid), amount, key))
+
+    async def lookup(payment_uuid: str) -> IncomingPayment | None:
+        found = await s.queries.entity(entity_id(payment_uuid))
+        return found if isinstance(found, IncomingPayment) else None
+
+    return StreamReceiver(ReceiverConfig.from_settings(s.settings), s.mint, credit=credit, lookup=lookup)
+
+
+def _receiver(request: Request, s: Services) -> StreamReceiver:
+    state = request.app.state
+    receiver = getattr(state, "ilp_receiver", None)
+    if receiver is None:
+        receiver = state.ilp_receiver = make_receiver(s)
+    return receiver
+
+
+async def receive(request: Request) -> Response:
+    s = services(request)
+    token = presented_token(request.headers.get("authorization"), incoming_tokens(s.settings))
+    if token is None:
+        raise ApiError(401, "unauthorized", "a valid ILP peer Bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+    body = await read_body(request, BODY_MAX_BYTES)
+    reply = await _receiver(request, s).handle(body, datetime.now(timezone.utc), peer_label(token))
+    return Response(reply, status_code=200, media_type=MEDIA_TYPE)
+
+
+ROUTES = [Route(PATH, receive, methods=["POST"])]

@@ -1,0 +1,267 @@
+"""The STREAM receiver: one ILP Prepare in, one Fulfill or Reject out.
+
+Stateless apart from a cache of facts that never change (a payment's asset and cap):
+the ILP address carries the incoming payment (sealed, see credentials.py), the money goes
+through the payment's entity actor exactly like an operator credit, and the actor's
+idempotency journal is what makes a replayed Prepare harmless.
+
+Order of checks, each answering without crediting anything:
+  undecodable / not a Prepare      F01
+  peer.config                      IL-DCP answer (a Fulfill)
+  expiresAt in the past            R00
+  amount > max packet amount       F08 (data: amount received, maximum; UInt64 each)
+  address not ours, token forged   F02
+  STREAM data fails to decrypt     F06
+  unknown incoming payment         F02
+  payment's asset is not the peering asset  F02 (amounts would be in another unit)
+  unfulfillable (probe), amount < prepareAmount, ConnectionClose, completed or expired
+                                   F99 with an encrypted STREAM reply
+Then a money packet is credited through `credit(payment uuid, amount, key)` and only an
+accepted, first-time credit is fulfilled. A replay, a refusal (cap, completed, expired,
+overflow) or a key reused for another amount is F99; storage or actor trouble is T00.
+
+Every STREAM reply carries ConnectionAssetDetails (the payment's asset) and, for each
+stream the sender named, StreamMaxMoney(receiveMax = incomingAmount or 2^64-1,
+totalReceived = what the payment holds now). receiveMax is a constant of the payment,
+so an advertised limit is never lowered; totalReceived is payment-wide, so concurrent
+connections into one capped payment all see the room that is really left.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Awaitable, Callable
+
+from opay.actors.messages import Credited, Failed, Reply
+from opay.domain import incoming_payment as rules
+from opay.domain.amounts import Asset
+from opay.domain.incoming_payment import IncomingPayment
+from opay.ilp.credentials import CredentialMint
+from opay.ilp.oer import U64_MAX, OerError, Writer, encode_uint64
+from opay.ilp.packet import Fulfill, IlpPacketType, Prepare, Reject, decode_packet
+from opay.ilp.stream import (
+    ConnectionAssetDetails,
+    ConnectionClose,
+    Frame,
+    StreamDecryptError,
+    StreamErrorCode,
+    StreamMaxMoney,
+    StreamMoney,
+    StreamMoneyBlocked,
+    StreamPacket,
+    condition_for,
+    decrypt_stream_packet,
+    encrypt_stream_packet,
+    fulfillment_for,
+)
+
+log = logging.getLogger("opay.ilp")
+
+PEER_CONFIG = "peer.config"
+_ILDCP_FULFILLMENT = bytes(32)
+_ILDCP_CONDITION = hashlib.sha256(_ILDCP_FULFILLMENT).digest()
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+CreditFn = Callable[[str, int, str], Awaitable[Reply]]
+LookupFn = Callable[[str], Awaitable[IncomingPayment | None]]
+
+
+@dataclass(frozen=True)
+class ReceiverConfig:
+    ilp_address: str  # ours: credentials live under it, and it signs our Rejects
+    asset: Asset  # the asset of the peering link, told to peers by IL-DCP
+    max_packet_amount: int = 0  # 0: no limit
+
+    @classmethod
+    def from_settings(cls, settings) -> "ReceiverConfig":
+        return cls(
+            ilp_address=settings.ilp_address,
+            asset=Asset(settings.ilp_asset_code, settings.ilp_asset_scale),
+            max_packet_amount=settings.ilp_max_packet_amount,
+        )
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What never changes about an incoming payment, so it can be cached forever."""
+
+    asset: Asset
+    incoming_amount: int | None
+
+
+def idempotency_key(token: bytes, sequence: int) -> str:
+    """One key per (connection, STREAM sequence): a sender never reuses a sequence on a
+    connection, so a repeat is a replay."""
+    return f"ilp:{hashlib.sha256(token).hexdigest()[:32]}:{sequence}"
+
+
+def peer_label(bearer_token: str) -> str:
+    """A stable, non-secret address segment for the peer that holds this bearer token."""
+    return "peer-" + hashlib.sha256(bearer_token.encode()).hexdigest()[:12]
+
+
+class StreamReceiver:
+    def __init__(
+        self,
+        config: ReceiverConfig,
+        mint: CredentialMint,
+        *,
+        credit: CreditFn,
+        lookup: LookupFn,
+        facts_max: int = 100_000,
+    ) -> None:
+        self.config = config
+        self._mint = mint
+        self._credit = credit
+        self._lookup = lookup
+        self._facts: dict[str, _Facts] = {}
+        self._facts_max = facts_max
+
+    # ------------------------------------------------------------------ entry point
+
+    async def handle(self, raw: bytes, now: datetime, peer: str = "peer") -> bytes:
+        """The reply (a Fulfill or a Reject, encoded) to one encoded Prepare."""
+        try:
+            prepare = decode_packet(raw)
+        except (OerError, ValueError) as error:
+            return self._reject("F01", f"invalid ILP packet: {error}")
+        if not isinstance(prepare, Prepare):
+            return self._reject("F01", "expected an ILP Prepare")
+        if prepare.destination == PEER_CONFIG:
+            return self._ildcp(prepare, peer)
+        if prepare.expires_at < now:
+            return self._reject("R00", "the Prepare has expired")
+        limit = self.config.max_packet_amount
+        if limit and prepare.amount > limit:
+            return Reject(
+                "F08", self.config.ilp_address, b"packet amount too large", encode_uint64(prepare.amount) + encode_uint64(limit)
+            ).encode()
+        opened = self._mint.open(prepare.destination)
+        if opened is None:
+            return self._reject("F02", "no such receiver")
+        payment_uuid, token = opened
+        secret = self._mint.shared_secret_for(token)
+        try:
+            request = decrypt_stream_packet(secret, prepare.data)
+        except (StreamDecryptError, OerError, ValueError):
+            return self._reject("F06", "STREAM data could not be decrypted")
+        if request.ilp_packet_type != IlpPacketType.PREPARE:
+            return self._reject("F06", "STREAM packet type does not match the ILP Prepare")
+        try:
+            return await self._money(prepare, request, payment_uuid, token, secret, now)
+        except Exception as error:  # Redis, Ray, a shard: never a Fulfill when unsure
+            log.warning("ILP packet for %s answered T00: %r", payment_uuid, error)
+            return self._reject("T00", "temporarily unable to credit; retry")
+
+    # ------------------------------------------------------------------ STREAM
+
+    async def _money(
+        self, prepare: Prepare, request: StreamPacket, payment_uuid: str, token: bytes, secret: bytes, now: datetime
+    ) -> bytes:
+        facts = self._facts.get(payment_uuid)
+        current: IncomingPayment | None = None
+        fulfillment = fulfillment_for(secret, prepare.data)
+        fulfillable = condition_for(fulfillment) == prepare.execution_condition and prepare.amount >= request.prepare_amount
+        closing = any(isinstance(f, ConnectionClose) for f in request.frames)
+        if facts is None or not fulfillable or closing or prepare.amount == 0:
+            # Anything that will not credit answers from the payment as it is now.
+            current = await self._lookup(payment_uuid)
+            if current is None:
+                return self._reject("F02", "no such incoming payment")
+            facts = self._remember(payment_uuid, current)
+        if facts.asset != self.config.asset:
+            return self._reject("F02", f"this payment receives {facts.asset.code}/{facts.asset.scale}, not over this link")
+
+        streams = _stream_ids(request.frames)
+        if current is not None:
+            terminal = _terminal_close(current, now)
+            frames = self._frames(facts, streams, current.received, terminal)
+            if closing and terminal is None:
+                frames.append(ConnectionClose(StreamErrorCode.NO_ERROR, ""))
+            if terminal is not None or closing or not fulfillable:
+                return self._stream_reject(prepare, request, secret, frames)
+            if prepare.amount == 0:
+                return self._stream_fulfill(prepare, request, secret, fulfillment, frames)
+
+        key = idempotency_key(token, request.sequence)
+        reply = await self._credit(payment_uuid, prepare.amount, key)
+        if isinstance(reply, Failed):
+            if reply.kind == "not_found":
+                return self._reject("F02", "no such incoming payment")
+            if reply.kind == "unavailable":
+                return self._reject("T00", "temporarily unable to credit; retry")
+            # A sequence replayed with another amount, or an amount the rules refuse.
+            log.info("ILP credit for %s refused: %s", payment_uuid, reply.code)
+            return self._stream_reject(prepare, request, secret, self._frames(facts, streams, None, None))
+        assert isinstance(reply, Credited)
+        outcome = reply.outcome
+        if reply.replayed or not outcome.accepted:
+            close = None
+            if not reply.replayed and outcome.refused_code in (rules.REFUSED_COMPLETED, rules.REFUSED_EXPIRED):
+                close = _close_for(outcome.refused_code)
+            frames = self._frames(facts, streams, reply.received_now, close)
+            return self._stream_reject(prepare, request, secret, frames)
+        return self._stream_fulfill(prepare, request, secret, fulfillment, self._frames(facts, streams, reply.received_now, None))
+
+    def _remember(self, payment_uuid: str, payment: IncomingPayment) -> _Facts:
+        facts = _Facts(payment.asset, payment.incoming_amount)
+        if len(self._facts) >= self._facts_max:
+            self._facts.clear()
+        self._facts[payment_uuid] = facts
+        return facts
+
+    def _frames(self, facts: _Facts, streams: list[int], received: int | None, close: ConnectionClose | None) -> list[Frame]:
+        frames: list[Frame] = [ConnectionAssetDetails(facts.asset.code, facts.asset.scale)]
+        if received is not None:
+            receive_max = U64_MAX if facts.incoming_amount is None else facts.incoming_amount
+            frames.extend(StreamMaxMoney(stream_id, receive_max, min(received, U64_MAX)) for stream_id in streams)
+        if close is not None:
+            frames.append(close)
+        return frames
+
+    def _stream_fulfill(self, prepare: Prepare, request: StreamPacket, secret: bytes, fulfillment: bytes, frames: list[Frame]) -> bytes:
+        reply = StreamPacket(request.sequence, IlpPacketType.FULFILL, prepare.amount, tuple(frames))
+        return Fulfill(fulfillment, encrypt_stream_packet(secret, reply)).encode()
+
+    def _stream_reject(self, prepare: Prepare, request: StreamPacket, secret: bytes, frames: list[Frame]) -> bytes:
+        # prepareAmount in a reply is what arrived: senders measure the exchange rate with it.
+        reply = StreamPacket(request.sequence, IlpPacketType.REJECT, prepare.amount, tuple(frames))
+        return Reject("F99", self.config.ilp_address, b"", encrypt_stream_packet(secret, reply)).encode()
+
+    # ------------------------------------------------------------------ IL-DCP and plain rejects
+
+    def _ildcp(self, prepare: Prepare, peer: str) -> bytes:
+        if prepare.execution_condition != _ILDCP_CONDITION:
+            return self._reject("F05", "wrong condition for peer.config")
+        w = Writer()
+        w.write_var_octets(f"{self.config.ilp_address}.{peer}".encode("ascii"))
+        w.write_uint8(self.config.asset.scale)
+        w.write_var_octets(self.config.asset.code.encode("utf-8"))
+        return Fulfill(_ILDCP_FULFILLMENT, w.getvalue()).encode()
+
+    def _reject(self, code: str, message: str) -> bytes:
+        return Reject(code, self.config.ilp_address, message.encode("utf-8")).encode()
+
+
+def _stream_ids(frames: tuple[Frame, ...]) -> list[int]:
+    """The streams the sender named: those it pays on, is blocked on, or tells us about."""
+    ids = {f.stream_id for f in frames if isinstance(f, (StreamMoney, StreamMoneyBlocked, StreamMaxMoney))}
+    return sorted(ids)
+
+
+def _terminal_close(payment: IncomingPayment, now: datetime) -> ConnectionClose | None:
+    if payment.completed:
+        return _close_for(rules.REFUSED_COMPLETED)
+    if rules.is_expired(payment, (now - _EPOCH) // timedelta(milliseconds=1)):
+        return _close_for(rules.REFUSED_EXPIRED)
+    return None
+
+
+def _close_for(refused_code: str) -> ConnectionClose:
+    if refused_code == rules.REFUSED_COMPLETED:
+        return ConnectionClose(StreamErrorCode.NO_ERROR, "the incoming payment is completed")
+    return ConnectionClose(StreamErrorCode.APPLICATION_ERROR, "the incoming payment has expired")
+
