@@ -67,14 +67,14 @@ class OpayServer:
     def start(self) -> "OpayServer":
         self.data_dir.mkdir(parents=True, exist_ok=True)
         wait_port_free(self.redis_port)
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "opay.cli", "serve"],
-            env=self.env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "opay.cli", "serve"],
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         try:
             self.wait_ready()
         except BaseException:

@@ -1,0 +1,404 @@
+// The whole Open Payments flow against a real opay server with the official SDK (7.4.0),
+// validateResponses on: incoming payment -> quote -> interactive outgoing-payment grant
+// (consent page driven over HTTP, finish hash checked) -> continue -> outgoing payment ->
+// local settlement, plus the deny path.
+//
+// Usage: node full-flow.mjs '<json config>'
+//   config: {receiverWalletAddress, senderWalletAddress, clientWalletAddress, keyId, privateKeyPem}
+//   The receiver and the sender hold the same asset; the sender's asset may carry a fee.
+//
+// Prints one JSON line per step ({"step": ..., "ok": true, ...}); on the first failure prints
+// {"step": ..., "ok": false, "error": ...} and exits 1. Nothing is mocked.
+
+import assert from 'node:assert/strict'
+import { createHash, createPrivateKey, randomBytes } from 'node:crypto'
+import {
+  OpenPaymentsClientError,
+  createAuthenticatedClient,
+  isFinalizedGrantWithAccessToken,
+  isPendingGrant
+} from '@interledger/open-payments'
+
+const config = JSON.parse(process.argv[2] ?? '')
+for (const field of ['receiverWalletAddress', 'senderWalletAddress', 'clientWalletAddress', 'keyId', 'privateKeyPem']) {
+  assert.ok(config[field], `config.${field} is required`)
+}
+
+const FINISH_URI = 'http://127.0.0.1:1/callback'
+const POLL_TIMEOUT_MS = 20000
+
+let currentStep = 'setup'
+
+function report(step, details = {}) {
+  console.log(JSON.stringify({ step, ok: true, ...details }))
+}
+
+async function step(name, body) {
+  currentStep = name
+  const details = await body()
+  report(name, details ?? {})
+}
+
+async function expectClientError(promise, statuses) {
+  try {
+    await promise
+  } catch (error) {
+    if (!(error instanceof OpenPaymentsClientError)) {
+      throw new Error(`expected OpenPaymentsClientError, got ${error?.stack ?? error}`)
+    }
+    assert.ok(
+      statuses.includes(error.status),
+      `expected status in ${JSON.stringify(statuses)}, got ${error.status}: ${error.code} ${error.description} ${error.validationErrors ?? ''}`
+    )
+    return { status: error.status, code: error.code }
+  }
+  throw new Error(`expected an error with status ${JSON.stringify(statuses)}, but the call succeeded`)
+}
+
+async function poll(what, read, done) {
+  const deadline = Date.now() + POLL_TIMEOUT_MS
+  let last
+  for (;;) {
+    last = await read()
+    if (done(last)) return last
+    if (Date.now() > deadline) throw new Error(`${what}: not done after ${POLL_TIMEOUT_MS} ms; last seen ${JSON.stringify(last)}`)
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+}
+
+function amountOf(value, wallet) {
+  return { value: String(value), assetCode: wallet.assetCode, assetScale: wallet.assetScale }
+}
+
+// "1234" with scale 2 is "12.34 USD", as the consent page writes amounts.
+function formatAmount(amount) {
+  const value = BigInt(amount.value)
+  const scale = BigInt(amount.assetScale)
+  const group = (n) => n.toString().replace(/\B(?=(\d{3})+(?!\d))/g, ',')
+  if (scale === 0n) return `${group(value)} ${amount.assetCode}`
+  const unit = 10n ** scale
+  return `${group(value / unit)}.${(value % unit).toString().padStart(amount.assetScale, '0')} ${amount.assetCode}`
+}
+
+function interactionHash(clientNonce, asNonce, interactRef, grantEndpoint) {
+  return createHash('sha256').update(`${clientNonce}\n${asNonce}\n${interactRef}\n${grantEndpoint}`).digest('base64url')
+}
+
+function unescapeHtml(text) {
+  return text.replaceAll('&quot;', '"').replaceAll('&#x27;', "'").replaceAll('&lt;', '<').replaceAll('&gt;', '>').replaceAll('&amp;', '&')
+}
+
+// The consent page as a browser would get it: plain GET, no signature, no token.
+async function consentPage(redirect) {
+  const response = await fetch(redirect, { redirect: 'manual' })
+  assert.equal(response.status, 200, `consent page answered ${response.status}`)
+  assert.match(response.headers.get('content-type') ?? '', /^text\/html/)
+  const html = await response.text()
+  const actions = {}
+  for (const [, action] of html.matchAll(/<form[^>]*action="([^"]+)"/g)) {
+    const url = unescapeHtml(action)
+    actions[url.slice(url.lastIndexOf('/') + 1)] = url
+  }
+  assert.ok(actions.approve && actions.deny, `the page offers approve and deny forms: ${JSON.stringify(actions)}`)
+  return { html, actions }
+}
+
+// Submitting a form: the decision answers 302 to the client's finish URI, which we read but never follow.
+async function decide(action, decision) {
+  const response = await fetch(action, {
+    method: 'POST',
+    redirect: 'manual',
+    headers: { 'content-type': 'application/x-www-form-urlencoded' },
+    body: `decision=${decision}`
+  })
+  assert.equal(response.status, 302, `${decision} answered ${response.status}: ${await response.text()}`)
+  const location = response.headers.get('location')
+  assert.ok(location, 'the decision redirects somewhere')
+  const url = new URL(location)
+  assert.equal(`${url.origin}${url.pathname}`, FINISH_URI, `redirected to the finish URI, got ${location}`)
+  return url
+}
+
+async function main() {
+  const privateKey = createPrivateKey(config.privateKeyPem)
+  const client = await createAuthenticatedClient({
+    walletAddressUrl: config.clientWalletAddress,
+    keyId: config.keyId,
+    privateKey,
+    validateResponses: true,
+    useHttp: true,
+    requestTimeoutMs: 20000
+  })
+
+  let receiver, sender
+  await step('walletAddress.get', async () => {
+    receiver = await client.walletAddress.get({ url: config.receiverWalletAddress })
+    sender = await client.walletAddress.get({ url: config.senderWalletAddress })
+    assert.equal(receiver.id, config.receiverWalletAddress)
+    assert.equal(sender.id, config.senderWalletAddress)
+    assert.equal(sender.assetCode, receiver.assetCode)
+    assert.equal(sender.assetScale, receiver.assetScale)
+    return { receiver: receiver.id, sender: sender.id, asset: sender.assetCode }
+  })
+
+  let incomingToken
+  await step('grant.request.incomingPayment', async () => {
+    const grant = await client.grant.request(
+      { url: receiver.authServer },
+      { access_token: { access: [{ type: 'incoming-payment', actions: ['create', 'read', 'list'] }] } }
+    )
+    assert.ok(isFinalizedGrantWithAccessToken(grant), 'an incoming-payment grant is granted at once')
+    incomingToken = grant.access_token.value
+    return {}
+  })
+
+  const INCOMING_VALUE = '1234'
+  let incoming
+  await step('incomingPayment.create', async () => {
+    incoming = await client.incomingPayment.create(
+      { url: receiver.resourceServer, accessToken: incomingToken },
+      {
+        walletAddress: receiver.id,
+        incomingAmount: amountOf(INCOMING_VALUE, receiver),
+        expiresAt: new Date(Date.now() + 10 * 60 * 1000).toISOString(),
+        metadata: { description: 'full flow' }
+      }
+    )
+    assert.ok(incoming.id.startsWith(`${receiver.resourceServer}/incoming-payments/`))
+    assert.deepEqual(incoming.incomingAmount, amountOf(INCOMING_VALUE, receiver))
+    assert.deepEqual(incoming.receivedAmount, amountOf(0, receiver))
+    assert.equal(incoming.completed, false)
+    return { id: incoming.id }
+  })
+
+  let quoteToken
+  await step('grant.request.quote', async () => {
+    const grant = await client.grant.request(
+      { url: sender.authServer },
+      { access_token: { access: [{ type: 'quote', actions: ['create', 'read'] }] } }
+    )
+    assert.ok(isFinalizedGrantWithAccessToken(grant), 'a quote grant is granted at once')
+    quoteToken = grant.access_token.value
+    return {}
+  })
+
+  let quote
+  await step('quote.create', async () => {
+    quote = await client.quote.create(
+      { url: sender.resourceServer, accessToken: quoteToken },
+      { walletAddress: sender.id, receiver: incoming.id, method: 'ilp' }
+    )
+    assert.ok(quote.id.startsWith(`${sender.resourceServer}/quotes/`))
+    assert.equal(quote.walletAddress, sender.id)
+    assert.equal(quote.receiver, incoming.id)
+    assert.equal(quote.method, 'ilp')
+    // No amount given: the quote is for what the receiver still expects, all of it.
+    assert.deepEqual(quote.receiveAmount, amountOf(INCOMING_VALUE, receiver))
+    assert.equal(quote.debitAmount.assetCode, sender.assetCode)
+    assert.equal(quote.debitAmount.assetScale, sender.assetScale)
+    assert.ok(BigInt(quote.debitAmount.value) >= BigInt(quote.receiveAmount.value), 'same asset: debit is receive plus fees')
+    assert.ok(Date.parse(quote.expiresAt) > Date.now(), 'the quote has not expired')
+    assert.ok(Date.parse(quote.expiresAt) <= Date.parse(incoming.expiresAt), 'the quote expires no later than the receiver')
+    return { id: quote.id, debitAmount: quote.debitAmount, receiveAmount: quote.receiveAmount }
+  })
+
+  await step('quote.get', async () => {
+    const fetched = await client.quote.get({ url: quote.id, accessToken: quoteToken })
+    assert.deepEqual(fetched, quote)
+    return {}
+  })
+
+  const limits = { debitAmount: quote.debitAmount }
+  const outgoingAccess = () => [{ type: 'outgoing-payment', actions: ['create', 'read', 'list'], identifier: sender.id, limits }]
+  const requestInteractive = async (nonce) => {
+    const pending = await client.grant.request(
+      { url: sender.authServer },
+      {
+        access_token: { access: outgoingAccess() },
+        interact: { start: ['redirect'], finish: { method: 'redirect', uri: FINISH_URI, nonce } }
+      }
+    )
+    assert.ok(isPendingGrant(pending), `an outgoing-payment grant waits for the user: ${JSON.stringify(pending)}`)
+    assert.ok(!isFinalizedGrantWithAccessToken(pending))
+    assert.ok(pending.interact.redirect.startsWith(`${sender.authServer}/`), 'the consent page is on the auth server')
+    assert.ok(pending.interact.finish, 'the AS nonce is given')
+    assert.ok(pending.continue.uri && pending.continue.access_token.value)
+    return pending
+  }
+
+  const clientNonce = randomBytes(16).toString('base64url')
+  let pending
+  await step('grant.request.outgoingPayment.interactive', async () => {
+    pending = await requestInteractive(clientNonce)
+    const early = await expectClientError(
+      client.grant.continue({ url: pending.continue.uri, accessToken: pending.continue.access_token.value }, { interact_ref: 'not-the-ref' }),
+      [401]
+    )
+    assert.equal(early.code, 'invalid_continuation')
+    return { redirect: pending.interact.redirect, wait: pending.continue.wait }
+  })
+
+  let finish
+  await step('consent.approve', async () => {
+    const { html, actions } = await consentPage(pending.interact.redirect)
+    assert.ok(html.includes(config.clientWalletAddress), 'the page names the client')
+    assert.ok(html.includes(sender.id), 'the page names the wallet address')
+    assert.ok(html.includes(formatAmount(quote.debitAmount)), `the page shows the debit limit ${formatAmount(quote.debitAmount)}`)
+    finish = await decide(actions.approve, 'approve')
+    const hash = finish.searchParams.get('hash')
+    const interactRef = finish.searchParams.get('interact_ref')
+    assert.ok(hash && interactRef, `hash and interact_ref are in ${finish}`)
+    assert.equal(finish.searchParams.get('result'), null)
+    assert.equal(hash, interactionHash(clientNonce, pending.interact.finish, interactRef, sender.authServer), 'the finish hash verifies')
+    // The first decision stands.
+    const again = await fetch(actions.deny, { method: 'POST', redirect: 'manual', body: 'decision=deny', headers: { 'content-type': 'application/x-www-form-urlencoded' } })
+    assert.equal(again.status, 409)
+    return { interactRef }
+  })
+
+  let outgoingToken
+  await step('grant.continue', async () => {
+    const grant = await client.grant.continue(
+      { url: pending.continue.uri, accessToken: pending.continue.access_token.value },
+      { interact_ref: finish.searchParams.get('interact_ref') }
+    )
+    assert.ok(isFinalizedGrantWithAccessToken(grant), `continuation gives an access token: ${JSON.stringify(grant)}`)
+    const [item] = grant.access_token.access
+    assert.equal(item.type, 'outgoing-payment')
+    assert.equal(item.identifier, sender.id)
+    assert.deepEqual(item.limits, limits)
+    outgoingToken = grant.access_token.value
+    const second = await expectClientError(
+      client.grant.continue(
+        { url: pending.continue.uri, accessToken: pending.continue.access_token.value },
+        { interact_ref: finish.searchParams.get('interact_ref') }
+      ),
+      [401]
+    )
+    return { manage: grant.access_token.manage, secondContinue: second }
+  })
+  const senderRs = () => ({ url: sender.resourceServer, accessToken: outgoingToken })
+
+  let payment
+  await step('outgoingPayment.create', async () => {
+    payment = await client.outgoingPayment.create(senderRs(), { walletAddress: sender.id, quoteId: quote.id, metadata: { order: 'full-flow' } })
+    assert.ok(payment.id.startsWith(`${sender.resourceServer}/outgoing-payments/`))
+    assert.equal(payment.walletAddress, sender.id)
+    assert.equal(payment.quoteId, quote.id)
+    assert.equal(payment.receiver, incoming.id)
+    assert.deepEqual(payment.debitAmount, quote.debitAmount)
+    assert.deepEqual(payment.receiveAmount, quote.receiveAmount)
+    assert.deepEqual(payment.metadata, { order: 'full-flow' })
+    assert.equal(payment.failed, false)
+    assert.deepEqual(payment.grantSpentDebitAmount, quote.debitAmount)
+    return { id: payment.id, sentAmount: payment.sentAmount }
+  })
+
+  // Same asset, rate 1: what is sent (debit less fee) is exactly what the receiver gets.
+  const expectedSent = amountOf(quote.receiveAmount.value, sender)
+  await step('outgoingPayment.get', async () => {
+    const done = await poll(
+      'outgoing payment',
+      () => client.outgoingPayment.get({ url: payment.id, accessToken: outgoingToken }),
+      (current) => current.failed || current.sentAmount.value !== '0'
+    )
+    assert.equal(done.failed, false, `the payment failed: ${JSON.stringify(done)}`)
+    assert.deepEqual(done.sentAmount, expectedSent)
+    const { sentAmount: _a, failed: _b, grantSpentDebitAmount: _c, grantSpentReceiveAmount: _d, ...terms } = payment
+    const { sentAmount: _e, failed: _f, ...now } = done
+    assert.deepEqual(now, terms, 'the payment keeps its terms')
+    return { sentAmount: done.sentAmount, debitAmount: done.debitAmount }
+  })
+
+  await step('incomingPayment.get', async () => {
+    const received = await poll(
+      'incoming payment',
+      () => client.incomingPayment.get({ url: incoming.id, accessToken: incomingToken }),
+      (current) => current.completed && current.receivedAmount.value === quote.receiveAmount.value
+    )
+    assert.deepEqual(received.receivedAmount, quote.receiveAmount)
+    // Settled exactly once: a moment later it is still exactly the quoted amount.
+    await new Promise((resolve) => setTimeout(resolve, 500))
+    const later = await client.incomingPayment.get({ url: incoming.id, accessToken: incomingToken })
+    assert.deepEqual(later.receivedAmount, quote.receiveAmount)
+    assert.equal(later.completed, true)
+    return { receivedAmount: received.receivedAmount, completed: received.completed }
+  })
+
+  await step('outgoingPayment.list', async () => {
+    const page = await client.outgoingPayment.list({ ...senderRs(), walletAddress: sender.id }, { first: 10 })
+    assert.deepEqual(
+      page.result.map((p) => p.id),
+      [payment.id]
+    )
+    assert.equal(page.pagination.hasNextPage, false)
+    assert.equal(page.pagination.hasPreviousPage, false)
+    assert.deepEqual(page.result[0].sentAmount, expectedSent)
+    return { count: page.result.length }
+  })
+
+  await step('outgoingPayment.getGrantSpentAmounts', async () => {
+    const spent = await client.outgoingPayment.getGrantSpentAmounts(senderRs())
+    assert.deepEqual(spent.spentDebitAmount, quote.debitAmount)
+    assert.equal(spent.spentReceiveAmount, null, 'no receive limit: nothing to report')
+    return spent
+  })
+
+  await step('outgoingPayment.create.quoteUsed', async () => {
+    const refused = await expectClientError(client.outgoingPayment.create(senderRs(), { walletAddress: sender.id, quoteId: quote.id }), [409])
+    assert.equal(refused.code, 'quote_used')
+    return { refused }
+  })
+
+  await step('outgoingPayment.create.overGrantLimit', async () => {
+    // The grant's whole debit limit is spent: a payment without a quote (large enough to
+    // deliver something after fees) is refused too.
+    const open = await client.incomingPayment.create({ url: receiver.resourceServer, accessToken: incomingToken }, { walletAddress: receiver.id })
+    const refused = await expectClientError(
+      client.outgoingPayment.create(senderRs(), { walletAddress: sender.id, incomingPayment: open.id, debitAmount: amountOf(100, sender) }),
+      [403]
+    )
+    assert.equal(refused.code, 'grant_limit_exceeded')
+    const spent = await client.outgoingPayment.getGrantSpentAmounts(senderRs())
+    assert.deepEqual(spent.spentDebitAmount, quote.debitAmount)
+    return { refused }
+  })
+
+  await step('consent.deny', async () => {
+    const nonce = randomBytes(16).toString('base64url')
+    const denied = await requestInteractive(nonce)
+    const { actions } = await consentPage(denied.interact.redirect)
+    const back = await decide(actions.deny, 'deny')
+    assert.equal(back.searchParams.get('result'), 'grant_rejected')
+    assert.equal(back.searchParams.get('hash'), null)
+    assert.equal(back.searchParams.get('interact_ref'), null)
+    const polled = await expectClientError(
+      client.grant.continue({ url: denied.continue.uri, accessToken: denied.continue.access_token.value }),
+      [401]
+    )
+    assert.equal(polled.code, 'request_denied')
+    const withRef = await expectClientError(
+      client.grant.continue({ url: denied.continue.uri, accessToken: denied.continue.access_token.value }, { interact_ref: 'anything' }),
+      [401]
+    )
+    return { finish: back.search, polled, withRef }
+  })
+
+  report('done')
+}
+
+main().catch((error) => {
+  const failure = { step: currentStep, ok: false, error: error?.message ?? String(error) }
+  if (error instanceof OpenPaymentsClientError) {
+    Object.assign(failure, {
+      status: error.status,
+      code: error.code,
+      description: error.description,
+      validationErrors: error.validationErrors,
+      details: error.details
+    })
+  }
+  console.log(JSON.stringify(failure))
+  console.error(error?.stack ?? error)
+  process.exit(1)
+})
