@@ -23,7 +23,7 @@ from opay.http.app import operator_app, public_app
 from opay.http.pricing import Pricing
 from opay.http.services import Services
 from opay.ilp.credentials import SECRET_BYTES, CredentialMint
-from opay.persistence import keys
+from opay.persistence import clients, keys
 from opay.persistence.queries import Queries
 from opay.persistence.wallet_addresses import WalletAddressStore
 from opay.settings import Settings
@@ -65,9 +65,7 @@ async def _forget_revoked(client: aioredis.Redis, introspector: Introspector) ->
 
 
 async def serve(settings: Settings, redis_url: str, shards: list, *, show_token: bool) -> None:
-    client = aioredis.Redis.from_url(
-        redis_url, socket_timeout=settings.redis_timeout_seconds, socket_connect_timeout=settings.redis_timeout_seconds
-    )
+    client = clients.asynchronous(redis_url, settings.redis_timeout_seconds)
     http = httpx.AsyncClient(limits=httpx.Limits(max_connections=100))
     wallets = WalletAddressStore(client)
     grants = GrantStore(client, settings.access_token_seconds)

@@ -31,6 +31,20 @@ def wait_port_free(port: int, timeout: float = 30.0) -> None:
     raise TimeoutError(f"port {port} still in use")
 
 
+def session_members(session: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                # Fields after the ")" that ends the command name: state ppid pgrp session ...
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[3]) == session:
+                members.append(int(entry.name))
+    return members
+
+
 class OpayServer:
     """One server process group; ports and data dir stay fixed across restarts."""
 
@@ -106,9 +120,16 @@ class OpayServer:
         return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""
 
     def kill9(self) -> None:
-        """kill -9 of the whole server: the serve process, its redis-server and its Ray."""
+        """kill -9 of the whole server: the serve process, its redis-server and its Ray.
+        Ray's workers (the shards) sit in process groups of their own, but stay in the
+        session that serve leads, so the whole session is killed."""
         assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGKILL)
+        session = self.process.pid
+        for pid in session_members(session):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.process.wait()
         self.process = None
 

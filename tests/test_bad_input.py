@@ -451,7 +451,7 @@ async def test_reused_idempotency_key_with_another_amount_is_409(world, token, s
 @pytest.mark.parametrize(
     "query",
     [
-        "",
+        "first=5",
         "wallet-address=",
         "wallet-address={wa}&first=0",
         "wallet-address={wa}&first=101",

@@ -114,3 +114,19 @@ def test_time_parsing_truncates_and_requires_an_offset() -> None:
     for bad in ("2027-01-01T00:00:00", "tomorrow", "2027-13-01T00:00:00Z", 5):
         with pytest.raises(Invalid):
             parse_rfc3339_ms(bad, "t")
+
+
+@given(st.lists(st.integers(0, 3_000), max_size=300))
+def test_replay_window_admits_each_sequence_once(sequences: list[int]) -> None:
+    from opay.domain.replay_window import WINDOW, ReplayWindow, mark, was_seen
+
+    window, admitted = ReplayWindow(), set()
+    for sequence in sequences:
+        if was_seen(window, sequence):
+            # A replay, or too far behind the newest to judge: never admitted twice.
+            assert sequence in admitted or window.top - sequence >= WINDOW
+        else:
+            assert sequence not in admitted
+            admitted.add(sequence)
+            window = mark(window, sequence)
+    assert window.seen < 1 << WINDOW

@@ -15,6 +15,7 @@ from opay.actors.messages import (
 )
 from opay.domain import incoming_payment as rules
 from opay.domain.errors import DomainError
+from opay.domain.replay_window import ReplayWindow, mark, was_seen
 from opay.persistence import codec, keys
 from opay.persistence.snapshots import SideEffect
 
@@ -45,6 +46,9 @@ def credit(command: CreditIncomingPayment, state: rules.IncomingPayment | None, 
     if state is None:
         step.reply = NOT_FOUND
         return
+    if command.connection:
+        _credit_packet(command, state, step)
+        return
     first = step.journal_entry(command.idempotency_key)
     if first is not None:
         outcome = codec.decode(first, rules.CreditOutcome)
@@ -58,17 +62,40 @@ def credit(command: CreditIncomingPayment, state: rules.IncomingPayment | None, 
         else:
             step.reply = Credited(outcome, state.asset, True, state.received, state.incoming_amount)
         return
+    outcome = _apply(command, state, step)
+    if outcome is not None:
+        step.record(command.idempotency_key, codec.encode(outcome))
+
+
+def _credit_packet(command: CreditIncomingPayment, state: rules.IncomingPayment, step: Step) -> None:
+    """An ILP packet: a sequence seen on this connection is a replay and credits nothing.
+    Only accepted packets are marked, so a refused one may be sent again."""
+    key = f"ilpc:{command.connection}"
+    raw = step.journal_entry(key)
+    window = ReplayWindow() if raw is None else codec.decode(raw, ReplayWindow)
+    if was_seen(window, command.sequence):
+        refused = rules.CreditOutcome(
+            amount=command.amount, accepted=False, refused_code="replayed", received=state.received, completed=state.completed
+        )
+        step.reply = Credited(refused, state.asset, True, state.received, state.incoming_amount)
+        return
+    outcome = _apply(command, state, step)
+    if outcome is not None and outcome.accepted:
+        step.record(key, codec.encode(mark(window, command.sequence)))
+
+
+def _apply(command: CreditIncomingPayment, state: rules.IncomingPayment, step: Step) -> rules.CreditOutcome | None:
     try:
         after, outcome = rules.credit(state, command.amount, step.now_ms)
     except DomainError as error:
         step.reply = _failed(error)
-        return
+        return None
     step.state = after
-    step.record(command.idempotency_key, codec.encode(outcome))
     if after.completed and not state.completed:
         step.not_due()
         step.emit("incoming_payment.completed", after)
     step.reply = Credited(outcome, state.asset, False, after.received, after.incoming_amount)
+    return outcome
 
 
 def complete(command: CompleteIncomingPayment, state: rules.IncomingPayment | None, step: Step) -> None:

@@ -25,9 +25,14 @@ class OpenIncomingPayment(msgspec.Struct, frozen=True, tag="ip.open"):
 
 
 class CreditIncomingPayment(msgspec.Struct, frozen=True, tag="ip.credit"):
+    """A credit, deduplicated by its idempotency key (kept for good), or, for ILP packets,
+    by (connection, sequence) in a bounded replay window per connection."""
+
     entity_id: str
     amount: int
-    idempotency_key: str
+    idempotency_key: str = ""
+    connection: str = ""
+    sequence: int = -1
 
 
 class CompleteIncomingPayment(msgspec.Struct, frozen=True, tag="ip.complete"):
@@ -81,6 +86,27 @@ class ReadSpend(msgspec.Struct, frozen=True, tag="grant.read"):
     limits: Limits
 
 
+class ConfirmSpend(msgspec.Struct, frozen=True, tag="grant.confirm"):
+    """From the payment entity once opened: its reservation is no longer tentative."""
+
+    entity_id: str
+    payment_id: str
+
+
+class ResumeGrantSpend(msgspec.Struct, frozen=True, tag="grant.resume"):
+    """The timer's nudge: ask about reservations whose payment has not confirmed them."""
+
+    entity_id: str
+
+
+class CheckReservation(msgspec.Struct, frozen=True, tag="op.check"):
+    """From a grant to a payment id it reserved for: were you opened under this grant?
+    Asking settles it: an id with no payment becomes a tombstone that refuses any open."""
+
+    entity_id: str
+    grant_id: str
+
+
 class OpenOutgoingPayment(msgspec.Struct, frozen=True, tag="op.open"):
     entity_id: str
     payment: OutgoingPayment
@@ -125,6 +151,13 @@ class Spent(msgspec.Struct, frozen=True, tag="spent"):
     receive: int
 
 
+class Checked(msgspec.Struct, frozen=True, tag="checked"):
+    """A payment entity's answer to CheckReservation (named, as Answered does not say who asked about what)."""
+
+    payment_id: str
+    exists: bool  # opened under the asking grant; False is final (a tombstone or another grant's payment)
+
+
 class Nothing(msgspec.Struct, frozen=True, tag="nothing"):
     pass
 
@@ -136,7 +169,7 @@ class Failed(msgspec.Struct, frozen=True, tag="failed"):
     details: dict = {}
 
 
-Reply = State | Credited | Spent | Nothing | Failed
+Reply = State | Credited | Spent | Checked | Nothing | Failed
 
 
 class Answered(msgspec.Struct, frozen=True, tag="answered"):
@@ -158,6 +191,9 @@ Command = (
     | ReserveSpend
     | ReleaseSpend
     | ReadSpend
+    | ConfirmSpend
+    | ResumeGrantSpend
+    | CheckReservation
     | OpenOutgoingPayment
     | FundOutgoingPayment
     | CancelOutgoingPayment

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 
-import redis
-
 from opay.clock import now_ms
 from opay.actors import grant_spends, incoming_payments, outgoing_payments, quotes
 from opay.actors.entity import EntityHost
 from opay.actors.messages import decode_commands, encode
+from opay.persistence import clients
 from opay.persistence.snapshots import SnapshotStore
 
 HANDLERS = {**incoming_payments.HANDLERS, **quotes.HANDLERS, **grant_spends.HANDLERS, **outgoing_payments.HANDLERS}
@@ -21,9 +20,7 @@ class Shard:
 
     def __init__(self, index: int, redis_url: str, max_active: int, redis_timeout_seconds: float, emit_events: bool) -> None:
         self.index = index
-        client = redis.Redis.from_url(
-            redis_url, socket_timeout=redis_timeout_seconds, socket_connect_timeout=redis_timeout_seconds
-        )
+        client = clients.blocking(redis_url, redis_timeout_seconds)
         self._host = EntityHost(SnapshotStore(client), HANDLERS, max_active, emit_events)
 
     def handle(self, batch: bytes) -> bytes:

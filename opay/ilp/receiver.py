@@ -2,8 +2,9 @@
 
 Stateless apart from a cache of facts that never change (a payment's asset and cap):
 the ILP address carries the incoming payment (sealed, see credentials.py), the money goes
-through the payment's entity actor exactly like an operator credit, and the actor's
-idempotency journal is what makes a replayed Prepare harmless.
+through the payment's entity actor exactly like an operator credit, and the entity's
+replay window per connection (bounded, however many packets arrive) is what makes a
+replayed Prepare harmless.
 
 Order of checks, each answering without crediting anything:
   undecodable / not a Prepare      F01
@@ -16,9 +17,9 @@ Order of checks, each answering without crediting anything:
   payment's asset is not the peering asset  F02 (amounts would be in another unit)
   unfulfillable (probe), amount < prepareAmount, ConnectionClose, completed or expired
                                    F99 with an encrypted STREAM reply
-Then a money packet is credited through `credit(payment uuid, amount, key)` and only an
-accepted, first-time credit is fulfilled. A replay, a refusal (cap, completed, expired,
-overflow) or a key reused for another amount is F99; storage or actor trouble is T00.
+Then a money packet is credited through `credit(payment uuid, amount, connection,
+sequence)`, and only an accepted, first-time credit is fulfilled. A replay or a refusal
+(cap, completed, expired, overflow) is F99; storage or actor trouble is T00.
 
 Every STREAM reply carries ConnectionAssetDetails (the payment's asset) and, for each
 stream the sender named, StreamMaxMoney(receiveMax = incomingAmount or 2^64-1,
@@ -65,7 +66,7 @@ _ILDCP_FULFILLMENT = bytes(32)
 _ILDCP_CONDITION = hashlib.sha256(_ILDCP_FULFILLMENT).digest()
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
-CreditFn = Callable[[str, int, str], Awaitable[Reply]]
+CreditFn = Callable[[str, int, str, int], Awaitable[Reply]]
 LookupFn = Callable[[str], Awaitable[IncomingPayment | None]]
 
 
@@ -92,10 +93,9 @@ class _Facts:
     incoming_amount: int | None
 
 
-def idempotency_key(token: bytes, sequence: int) -> str:
-    """One key per (connection, STREAM sequence): a sender never reuses a sequence on a
-    connection, so a repeat is a replay."""
-    return f"ilp:{hashlib.sha256(token).hexdigest()[:32]}:{sequence}"
+def connection_id(token: bytes) -> str:
+    """A connection is its token; its packets are told apart by STREAM sequence."""
+    return hashlib.sha256(token).hexdigest()[:32]
 
 
 def peer_label(bearer_token: str) -> str:
@@ -186,8 +186,7 @@ class StreamReceiver:
             if prepare.amount == 0:
                 return self._stream_fulfill(prepare, request, secret, fulfillment, frames)
 
-        key = idempotency_key(token, request.sequence)
-        reply = await self._credit(payment_uuid, prepare.amount, key)
+        reply = await self._credit(payment_uuid, prepare.amount, connection_id(token), request.sequence)
         if isinstance(reply, Failed):
             if reply.kind == "not_found":
                 return self._reject("F02", "no such incoming payment")

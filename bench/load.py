@@ -1,0 +1,261 @@
+"""Load an opay server on loopback and report throughput, latency and errors.
+
+  .venv/bin/python bench/load.py                      # starts its own server (tests.support)
+  .venv/bin/python bench/load.py --public-url http://127.0.0.1:8000 \
+      --operator-url http://127.0.0.1:8001 --operator-token "$OPAY_OPERATOR_TOKEN"
+
+Phases (each bounded by --seconds and --max-requests, after a short warm-up):
+  creates  POST /incoming-payments, signed (RFC 9421) with a GNAP token, N concurrent clients
+  credits  POST /credits on the operator API, distinct idempotency keys, spread over a few
+           uncapped incoming payments
+See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Awaitable, Callable
+from urllib.parse import urlsplit
+
+import aiohttp
+import httpx
+import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from opay.client import Operator, SignedClient, public_jwk  # noqa: E402
+from opay.http import signatures  # noqa: E402
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Result:
+    name: str
+    concurrency: int
+    latencies_ms: list[float] = field(default_factory=list)
+    statuses: dict[str, int] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+    client_cpu_seconds: float = 0.0
+    server_cpu_seconds: float | None = None
+
+    @property
+    def ok(self) -> int:
+        return self.statuses.get("ok", 0)
+
+    @property
+    def errors(self) -> int:
+        return sum(count for status, count in self.statuses.items() if status != "ok")
+
+    def line(self) -> str:
+        done = self.ok + self.errors
+        lat = sorted(self.latencies_ms) or [0.0]
+        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+        errors = ", ".join(f"{status}: {count}" for status, count in sorted(self.statuses.items()) if status != "ok") or "none"
+        server = "" if self.server_cpu_seconds is None else f"  server CPU {self.server_cpu_seconds / self.wall_seconds:.2f} cores"
+        return (
+            f"{self.name:<8} c={self.concurrency:<4} {done:>7} requests in {self.wall_seconds:5.1f} s  "
+            f"{done / self.wall_seconds:8.0f} req/s  p50 {statistics.median(lat):6.1f} ms  p99 {p99:6.1f} ms  "
+            f"errors: {errors}\n{'':<15}load generator CPU {self.client_cpu_seconds / self.wall_seconds:.2f} cores{server}"
+        )
+
+
+def session_cpu_seconds(sid: int) -> float:
+    """utime+stime of every live process in a session: the server, its Redis and its Ray
+    (Ray's workers, the shards among them, run in process groups of their own)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # after the name: state ppid pgrp session ... utime(14) stime(15)
+            total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
+async def run_phase(
+    name: str,
+    request: Callable[[int], Awaitable[int]],
+    ok_status: int,
+    *,
+    concurrency: int,
+    seconds: float,
+    max_requests: int,
+    warmup_seconds: float,
+    server_sid: int | None,
+) -> Result:
+    counter = 0
+
+    async def worker(deadline: float, limit: int, result: Result | None) -> None:
+        nonlocal counter
+        while time.monotonic() < deadline and counter < limit:
+            n = counter
+            counter += 1
+            started = time.perf_counter()
+            try:
+                answer = await request(n)
+                status = "ok" if answer == ok_status else str(answer)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+                status = type(error).__name__
+            if result is not None:
+                result.latencies_ms.append((time.perf_counter() - started) * 1000)
+                result.statuses[status] = result.statuses.get(status, 0) + 1
+
+    if warmup_seconds > 0:
+        await asyncio.gather(*(worker(time.monotonic() + warmup_seconds, max_requests, None) for _ in range(concurrency)))
+    result = Result(name, concurrency)
+    limit = counter + max_requests
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    server0 = session_cpu_seconds(server_sid) if server_sid else None
+    await asyncio.gather(*(worker(wall0 + seconds, limit, result) for _ in range(concurrency)))
+    result.wall_seconds = time.monotonic() - wall0
+    result.client_cpu_seconds = time.process_time() - cpu0
+    if server_sid and server0 is not None:
+        result.server_cpu_seconds = session_cpu_seconds(server_sid) - server0
+    return result
+
+
+async def main(args: argparse.Namespace, public_url: str, operator_url: str, token: str, server_sid: int | None) -> list[Result]:
+    # Setup through the project's own client (httpx); the measured requests go through
+    # aiohttp, whose client costs a fraction of httpx's CPU: with httpx the load generator,
+    # not the server, was the limit (one core at ~300 req/s).
+    async with httpx.AsyncClient(timeout=60) as http:
+        operator = Operator(http, operator_url, token)
+        tag = uuid.uuid4().hex[:8]
+        receiver = await operator.wallet_address(f"bench-receiver-{tag}", "USD", 2, "Bench receiver")
+        app_wallet = await operator.wallet_address(f"bench-app-{tag}")
+        key = Ed25519PrivateKey.generate()
+        (await operator.add_key(app_wallet["id"].rsplit("/", 1)[1], public_jwk(key, "bench-key"))).raise_for_status()
+        client = SignedClient(http, app_wallet["id"], key, "bench-key")
+        grant = await client.grant(receiver["authServer"], [{"type": "incoming-payment", "actions": ["create", "read", "list"]}])
+        gnap = grant["access_token"]["value"]
+        create_url = f"{public_url}/incoming-payments"
+        payments = []
+        for _ in range(args.payments):
+            created = await client.request("POST", create_url, json={"walletAddress": receiver["id"]}, token=gnap)
+            created.raise_for_status()
+            payments.append(created.json()["id"])
+
+    create_body = msgspec.json.encode(
+        {"walletAddress": receiver["id"], "incomingAmount": {"value": "1000", "assetCode": "USD", "assetScale": 2}}
+    )
+    operator_headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=args.concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+
+        async def create(_: int) -> int:
+            # Signed per request, as a real client must (the signature's `created` is checked).
+            headers = signatures.sign(
+                method="POST",
+                url=create_url,
+                headers={"content-type": "application/json", "authorization": f"GNAP {gnap}"},
+                body=create_body,
+                private_key=key,
+                keyid="bench-key",
+            )
+            async with session.post(create_url, data=create_body, headers=headers) as answer:
+                await answer.read()
+                return answer.status
+
+        async def credit(n: int) -> int:
+            body = msgspec.json.encode(
+                {"incomingPayment": payments[n % len(payments)], "amount": "1", "idempotencyKey": f"bench-{tag}-{n}"}
+            )
+            async with session.post(f"{operator_url}/credits", data=body, headers=operator_headers) as answer:
+                await answer.read()
+                return answer.status
+
+        phases = {"creates": (create, 201), "credits": (credit, 200)}
+        results = []
+        for name in args.phases.split(","):
+            request, ok_status = phases[name]
+            results.append(
+                await run_phase(
+                    name,
+                    request,
+                    ok_status,
+                    concurrency=args.concurrency,
+                    seconds=args.seconds,
+                    max_requests=args.max_requests,
+                    warmup_seconds=args.warmup,
+                    server_sid=server_sid,
+                )
+            )
+            print(results[-1].line(), flush=True)
+        return results
+
+
+def loopback(url: str) -> str:
+    host = urlsplit(url).hostname
+    if host not in LOOPBACK:
+        raise SystemExit(f"refusing {url}: this load script only targets loopback")
+    return url.rstrip("/")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured time per phase (default 10)")
+    parser.add_argument("--max-requests", type=int, default=50_000, help="measured requests per phase at most (default 50000)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured warm-up per phase, seconds (default 1)")
+    parser.add_argument("--concurrency", "-c", type=int, default=50, help="concurrent clients/connections (default 50)")
+    parser.add_argument("--payments", type=int, default=4, help="incoming payments the credits spread over (default 4)")
+    parser.add_argument("--phases", default="creates,credits", help="comma-separated: creates, credits")
+    parser.add_argument("--public-url", help="a running server's public API (loopback only)")
+    parser.add_argument("--operator-url", help="a running server's operator API (loopback only)")
+    parser.add_argument("--operator-token", default=os.environ.get("OPAY_OPERATOR_TOKEN", ""))
+    parser.add_argument("--shards", type=int, default=0, help="OPAY_SHARDS for the server this script starts (0: as tests, 2)")
+    args = parser.parse_args(argv)
+    if bool(args.public_url) != bool(args.operator_url):
+        parser.error("give both --public-url and --operator-url, or neither")
+    if args.public_url and not args.operator_token:
+        parser.error("--operator-token (or OPAY_OPERATOR_TOKEN) is needed with a running server")
+    if set(args.phases.split(",")) - {"creates", "credits"}:
+        parser.error("--phases takes creates and/or credits")
+    return args
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    if args.public_url:
+        asyncio.run(main(args, loopback(args.public_url), loopback(args.operator_url), args.operator_token, None))
+        return 0
+    from tests.support import OpayServer
+
+    with tempfile.TemporaryDirectory(prefix="opay-bench-") as data_dir:
+        extra = {"OPAY_SHARDS": str(args.shards)} if args.shards else None
+        server = OpayServer(Path(data_dir), extra)
+        started = time.monotonic()
+        server.start()
+        print(f"server up in {time.monotonic() - started:.1f} s: {server.public_url} (operator {server.operator_url}); "
+              f"shards {server.env()['OPAY_SHARDS']}; data {data_dir}", flush=True)
+        try:
+            assert server.process is not None
+            asyncio.run(main(args, server.public_url, server.operator_url, server.operator_token, server.process.pid))
+        finally:
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())
