@@ -8,6 +8,9 @@ Phases (each bounded by --seconds and --max-requests, after a short warm-up):
   creates  POST /incoming-payments, signed (RFC 9421) with a GNAP token, N concurrent clients
   credits  POST /credits on the operator API, distinct idempotency keys, spread over a few
            uncapped incoming payments
+  flow     the whole Open Payments flow per iteration: incoming payment (receiver wallet) ->
+           quote for its remainder (sender wallet) -> outgoing payment from the quote (auto-fund),
+           plus settlement latency (outgoing 201 -> incoming completed) on a sample of flows
 See bench/README.md.
 """
 
@@ -38,6 +41,14 @@ from opay.http import signatures  # noqa: E402
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PHASES = ("creates", "credits", "flow")
+FLOW_STEPS = ("incoming", "quote", "outgoing")
+AMOUNT = 1000  # incomingAmount of every measured incoming payment (USD, scale 2)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values) or [0.0]
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
 @dataclass
@@ -49,6 +60,7 @@ class Result:
     wall_seconds: float = 0.0
     client_cpu_seconds: float = 0.0
     server_cpu_seconds: float | None = None
+    pending: set[asyncio.Task] = field(default_factory=set)  # work to await after the measured window
 
     @property
     def ok(self) -> int:
@@ -58,16 +70,51 @@ class Result:
     def errors(self) -> int:
         return sum(count for status, count in self.statuses.items() if status != "ok")
 
+    def error_text(self) -> str:
+        return ", ".join(f"{status}: {count}" for status, count in sorted(self.statuses.items()) if status != "ok") or "none"
+
+    def cpu_text(self) -> str:
+        server = "" if self.server_cpu_seconds is None else f"  server CPU {self.server_cpu_seconds / self.wall_seconds:.2f} cores"
+        return f"{'':<15}load generator CPU {self.client_cpu_seconds / self.wall_seconds:.2f} cores{server}"
+
     def line(self) -> str:
         done = self.ok + self.errors
-        lat = sorted(self.latencies_ms) or [0.0]
-        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-        errors = ", ".join(f"{status}: {count}" for status, count in sorted(self.statuses.items()) if status != "ok") or "none"
-        server = "" if self.server_cpu_seconds is None else f"  server CPU {self.server_cpu_seconds / self.wall_seconds:.2f} cores"
+        lat = self.latencies_ms or [0.0]
         return (
             f"{self.name:<8} c={self.concurrency:<4} {done:>7} requests in {self.wall_seconds:5.1f} s  "
-            f"{done / self.wall_seconds:8.0f} req/s  p50 {statistics.median(lat):6.1f} ms  p99 {p99:6.1f} ms  "
-            f"errors: {errors}\n{'':<15}load generator CPU {self.client_cpu_seconds / self.wall_seconds:.2f} cores{server}"
+            f"{done / self.wall_seconds:8.0f} req/s  p50 {statistics.median(lat):6.1f} ms  p99 {percentile(lat, 0.99):6.1f} ms  "
+            f"errors: {self.error_text()}\n{self.cpu_text()}"
+        )
+
+
+@dataclass
+class FlowResult(Result):
+    """A flow is three requests; `latencies_ms` holds whole flows (first request sent to the
+    outgoing payment's 201), `steps` each request's own latency (successful ones only)."""
+
+    steps: dict[str, list[float]] = field(default_factory=lambda: {step: [] for step in FLOW_STEPS})
+    settle_every: int = 1
+    settle_ms: list[float] = field(default_factory=list)
+    settle_statuses: dict[str, int] = field(default_factory=dict)  # samples that did not settle, by cause
+
+    def line(self) -> str:
+        done = self.ok + self.errors
+        lat = self.latencies_ms or [0.0]
+        steps = "  ".join(
+            f"{step} p50 {statistics.median(self.steps[step] or [0.0]):6.1f} p99 {percentile(self.steps[step], 0.99):6.1f}"
+            for step in FLOW_STEPS
+        )
+        sampled = len(self.settle_ms) + sum(self.settle_statuses.values())
+        unsettled = ", ".join(f"{cause}: {count}" for cause, count in sorted(self.settle_statuses.items())) or "none"
+        settle = self.settle_ms or [0.0]
+        return (
+            f"{self.name:<8} c={self.concurrency:<4} {done:>7} flows in {self.wall_seconds:5.1f} s  "
+            f"{done / self.wall_seconds:8.1f} flows/s  flow p50 {statistics.median(lat):6.1f} ms  p99 {percentile(lat, 0.99):6.1f} ms  "
+            f"errors: {self.error_text()}\n"
+            f"{'':<15}steps (ms): {steps}\n"
+            f"{'':<15}settlement (1 in {self.settle_every} flows, {len(self.settle_ms)}/{sampled} settled): "
+            f"p50 {statistics.median(settle):6.1f} ms  p99 {percentile(settle, 0.99):6.1f} ms  not settled: {unsettled}\n"
+            f"{self.cpu_text()}"
         )
 
 
@@ -90,9 +137,10 @@ def session_cpu_seconds(sid: int) -> float:
 
 async def run_phase(
     name: str,
-    request: Callable[[int], Awaitable[int]],
+    request: Callable[[int, Result | None], Awaitable[int | str]],
     ok_status: int,
     *,
+    result_type: Callable[[str, int], Result] = Result,
     concurrency: int,
     seconds: float,
     max_requests: int,
@@ -108,7 +156,7 @@ async def run_phase(
             counter += 1
             started = time.perf_counter()
             try:
-                answer = await request(n)
+                answer = await request(n, result)
                 status = "ok" if answer == ok_status else str(answer)
             except (aiohttp.ClientError, asyncio.TimeoutError) as error:
                 status = type(error).__name__
@@ -118,7 +166,7 @@ async def run_phase(
 
     if warmup_seconds > 0:
         await asyncio.gather(*(worker(time.monotonic() + warmup_seconds, max_requests, None) for _ in range(concurrency)))
-    result = Result(name, concurrency)
+    result = result_type(name, concurrency)
     limit = counter + max_requests
     cpu0, wall0 = time.process_time(), time.monotonic()
     server0 = session_cpu_seconds(server_sid) if server_sid else None
@@ -127,7 +175,32 @@ async def run_phase(
     result.client_cpu_seconds = time.process_time() - cpu0
     if server_sid and server0 is not None:
         result.server_cpu_seconds = session_cpu_seconds(server_sid) - server0
+    while result.pending:  # e.g. settlement pollers still running: outside the measured window
+        await asyncio.gather(*list(result.pending))
     return result
+
+
+async def interactive_outgoing_token(client: SignedClient, operator: Operator, wallet: dict, limits: dict) -> str:
+    """As tests/conftest.py World.outgoing_token: an interactive grant the ASE approves via
+    the operator API, then the client continues (retrying while `too_fast`)."""
+    item = {"type": "outgoing-payment", "actions": ["create", "read", "list"], "identifier": wallet["id"], "limits": limits}
+    body = {"access_token": {"access": [item]}, "client": client.wallet_address, "interact": {"start": ["redirect"]}}
+    pending = await client.request("POST", wallet["authServer"], json=body)
+    if pending.status_code != 200:
+        raise SystemExit(f"outgoing-payment grant request: {pending.status_code} {pending.text}")
+    cont = pending.json()["continue"]
+    approved = await operator.post(f"/grants/{cont['uri'].rsplit('/', 1)[1]}/approve", {})
+    if approved.status_code not in (200, 204):
+        raise SystemExit(f"grant approval: {approved.status_code} {approved.text}")
+    for _ in range(100):
+        continued = await client.request("POST", cont["uri"], token=cont["access_token"]["value"])
+        if continued.status_code == 400 and continued.json()["error"]["code"] == "too_fast":
+            await asyncio.sleep(0.2)
+            continue
+        if continued.status_code != 200:
+            raise SystemExit(f"grant continuation: {continued.status_code} {continued.text}")
+        return continued.json()["access_token"]["value"]
+    raise SystemExit("grant continuation: still too_fast after 100 tries")
 
 
 async def main(args: argparse.Namespace, public_url: str, operator_url: str, token: str, server_sid: int | None) -> list[Result]:
@@ -146,19 +219,44 @@ async def main(args: argparse.Namespace, public_url: str, operator_url: str, tok
         gnap = grant["access_token"]["value"]
         create_url = f"{public_url}/incoming-payments"
         payments = []
-        for _ in range(args.payments):
+        phases_wanted = args.phases.split(",")
+        for _ in range(args.payments if "credits" in phases_wanted else 0):
             created = await client.request("POST", create_url, json={"walletAddress": receiver["id"]}, token=gnap)
             created.raise_for_status()
             payments.append(created.json()["id"])
+        if "flow" in phases_wanted:
+            sender = await operator.wallet_address(f"bench-sender-{tag}", "USD", 2, "Bench sender")
+            quote_token = (await client.grant(sender["authServer"], [{"type": "quote", "actions": ["create", "read"]}]))[
+                "access_token"
+            ]["value"]
+            # Warm-up and the measured window each run at most --max-requests flows.
+            debit_limit = {"value": str(AMOUNT * (2 * args.max_requests + 1)), "assetCode": "USD", "assetScale": 2}
+            outgoing_token = await interactive_outgoing_token(client, operator, sender, {"debitAmount": debit_limit})
 
     create_body = msgspec.json.encode(
-        {"walletAddress": receiver["id"], "incomingAmount": {"value": "1000", "assetCode": "USD", "assetScale": 2}}
+        {"walletAddress": receiver["id"], "incomingAmount": {"value": str(AMOUNT), "assetCode": "USD", "assetScale": 2}}
     )
     operator_headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
     connector = aiohttp.TCPConnector(limit=args.concurrency)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+    # Settlement pollers get connections of their own, so they never queue behind the flows.
+    poll_connector = aiohttp.TCPConnector(limit=args.concurrency)
+    async with (
+        aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session,
+        aiohttp.ClientSession(connector=poll_connector, timeout=aiohttp.ClientTimeout(total=60)) as poll_session,
+    ):
 
-        async def create(_: int) -> int:
+        async def signed(
+            http: aiohttp.ClientSession, method: str, url: str, bearer: str, body: bytes = b""
+        ) -> tuple[int, bytes]:
+            # Signed per request, as a real client must (the signature's `created` is checked).
+            headers = {"authorization": f"GNAP {bearer}"}
+            if body:
+                headers["content-type"] = "application/json"
+            headers = signatures.sign(method=method, url=url, headers=headers, body=body, private_key=key, keyid="bench-key")
+            async with http.request(method, url, data=body or None, headers=headers) as answer:
+                return answer.status, await answer.read()
+
+        async def create(_: int, __: Result | None) -> int:
             # Signed per request, as a real client must (the signature's `created` is checked).
             headers = signatures.sign(
                 method="POST",
@@ -172,7 +270,7 @@ async def main(args: argparse.Namespace, public_url: str, operator_url: str, tok
                 await answer.read()
                 return answer.status
 
-        async def credit(n: int) -> int:
+        async def credit(n: int, _: Result | None) -> int:
             body = msgspec.json.encode(
                 {"incomingPayment": payments[n % len(payments)], "amount": "1", "idempotencyKey": f"bench-{tag}-{n}"}
             )
@@ -180,15 +278,67 @@ async def main(args: argparse.Namespace, public_url: str, operator_url: str, tok
                 await answer.read()
                 return answer.status
 
-        phases = {"creates": (create, 201), "credits": (credit, 200)}
+        async def settle(incoming_id: str, expected: dict, started: float, result: FlowResult) -> None:
+            for _ in range(args.settle_polls):
+                try:
+                    status, body = await signed(poll_session, "GET", incoming_id, gnap)
+                except (aiohttp.ClientError, TimeoutError) as error:
+                    cause = f"GET {type(error).__name__}"
+                    break
+                if status != 200:
+                    cause = f"GET {status}"
+                    break
+                current = msgspec.json.decode(body)
+                if current.get("completed") and current.get("receivedAmount") == expected:
+                    result.settle_ms.append((time.perf_counter() - started) * 1000)
+                    return
+                await asyncio.sleep(args.settle_interval)
+            else:
+                cause = f"not completed after {args.settle_polls} polls"
+            result.settle_statuses[cause] = result.settle_statuses.get(cause, 0) + 1
+
+        async def flow(n: int, result: Result | None) -> int | str:
+            step = FLOW_STEPS[0]
+            try:
+                began = time.perf_counter()
+                status, body = await signed(session, "POST", create_url, gnap, create_body)
+                if status != 201:
+                    return f"{step} {status}"
+                incoming_id = msgspec.json.decode(body)["id"]
+                step, t1 = FLOW_STEPS[1], time.perf_counter()
+                quote_body = msgspec.json.encode({"walletAddress": sender["id"], "receiver": incoming_id, "method": "ilp"})
+                status, body = await signed(session, "POST", f"{public_url}/quotes", quote_token, quote_body)
+                if status != 201:
+                    return f"{step} {status}"
+                quote = msgspec.json.decode(body)
+                step, t2 = FLOW_STEPS[2], time.perf_counter()
+                pay_body = msgspec.json.encode({"walletAddress": sender["id"], "quoteId": quote["id"]})
+                status, body = await signed(session, "POST", f"{public_url}/outgoing-payments", outgoing_token, pay_body)
+                if status != 201:
+                    return f"{step} {status}"
+                t3 = time.perf_counter()
+            except (aiohttp.ClientError, TimeoutError) as error:
+                return f"{step} {type(error).__name__}"
+            if isinstance(result, FlowResult):
+                for name, seconds in zip(FLOW_STEPS, (t1 - began, t2 - t1, t3 - t2)):
+                    result.steps[name].append(seconds * 1000)
+                result.settle_every = args.settle_every
+                if args.settle_every and n % args.settle_every == 0:
+                    task = asyncio.create_task(settle(incoming_id, quote["receiveAmount"], t3, result))
+                    result.pending.add(task)
+                    task.add_done_callback(result.pending.discard)
+            return 201
+
+        phases = {"creates": (create, 201, Result), "credits": (credit, 200, Result), "flow": (flow, 201, FlowResult)}
         results = []
-        for name in args.phases.split(","):
-            request, ok_status = phases[name]
+        for name in phases_wanted:
+            request, ok_status, result_type = phases[name]
             results.append(
                 await run_phase(
                     name,
                     request,
                     ok_status,
+                    result_type=result_type,
                     concurrency=args.concurrency,
                     seconds=args.seconds,
                     max_requests=args.max_requests,
@@ -214,7 +364,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured warm-up per phase, seconds (default 1)")
     parser.add_argument("--concurrency", "-c", type=int, default=50, help="concurrent clients/connections (default 50)")
     parser.add_argument("--payments", type=int, default=4, help="incoming payments the credits spread over (default 4)")
-    parser.add_argument("--phases", default="creates,credits", help="comma-separated: creates, credits")
+    parser.add_argument("--phases", default=",".join(PHASES), help="comma-separated: creates, credits, flow (default all)")
+    parser.add_argument("--settle-every", type=int, default=10,
+                        help="flow: measure settlement on every Nth flow (0: never; default 10)")
+    parser.add_argument("--settle-polls", type=int, default=500, help="flow: GETs per sampled flow at most (default 500)")
+    parser.add_argument("--settle-interval", type=float, default=0.02,
+                        help="flow: seconds between a sampled flow's GETs (default 0.02)")
     parser.add_argument("--public-url", help="a running server's public API (loopback only)")
     parser.add_argument("--operator-url", help="a running server's operator API (loopback only)")
     parser.add_argument("--operator-token", default=os.environ.get("OPAY_OPERATOR_TOKEN", ""))
@@ -224,8 +379,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("give both --public-url and --operator-url, or neither")
     if args.public_url and not args.operator_token:
         parser.error("--operator-token (or OPAY_OPERATOR_TOKEN) is needed with a running server")
-    if set(args.phases.split(",")) - {"creates", "credits"}:
-        parser.error("--phases takes creates and/or credits")
+    if set(args.phases.split(",")) - set(PHASES):
+        parser.error(f"--phases takes any of {', '.join(PHASES)}")
     return args
 
 
