@@ -57,14 +57,7 @@ from opay.ilp.stream import (
 
 
 def _fixture_path() -> Path:
-    rel = Path("ilp") / "StreamPacketFixtures.json"
-    beside_repo = Path(__file__).resolve().parents[2] / "shared" / rel
-    if beside_repo.is_file():
-        return beside_repo
-    env = os.environ.get("OPAY_SHARED_DIR")
-    if env and (Path(env) / rel).is_file():
-        return Path(env) / rel
-    raise FileNotFoundError(f"StreamPacketFixtures.json not found at {beside_repo} or $OPAY_SHARED_DIR/{rel}")
+    return Path(__file__).resolve().parent / "fixtures" / "StreamPacketFixtures.json"
 
 
 FIXTURES: list[dict[str, Any]] = json.loads(_fixture_path().read_text())
