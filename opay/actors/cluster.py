@@ -18,7 +18,10 @@ def start_ray(settings: Settings) -> None:
     if settings.ray_address:
         ray.init(address=settings.ray_address, namespace=NAMESPACE, logging_level=logging.WARNING)
         return
+    # "local": always a fresh instance of our own, never a cluster someone else started on
+    # this machine (plain ray.init() would join it, with their resources and lifetime).
     ray.init(
+        address="local",
         namespace=NAMESPACE,
         include_dashboard=False,
         logging_level=logging.WARNING,
