@@ -11,10 +11,10 @@ whole process group) in the middle of it. After a restart on the same data:
 - each incoming payment received exactly the receive amounts of the completed payments
   paying it (nothing settled twice, nothing lost), and its credit journal agrees;
 - the grant's spent amount is exactly the debits of the non-failed payments: one
-  reservation per payment, given back once by each failed payment. The one exception is a
-  quote-less create cut off between reserving and opening (the client got no answer): its
-  reservation stays counted, on the safe side, and the test warns about it (see the
-  module opay/http/outgoing_payments.py; closing it needs a tentative reservation).
+  reservation per payment, given back once by each failed payment. A create cut off
+  between reserving and opening (the client got no answer) leaves a tentative
+  reservation: the grant's timer asks the payment id, which becomes a tombstone, and the
+  share goes back. Within ORPHAN_SECONDS none is left (opay/actors/grant_spends.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import asyncio
 import itertools
 import random
 import time
-import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import redis.asyncio as aioredis
 
 from opay.domain.grant_spend import GrantSpend, Reservation
 from opay.domain.incoming_payment import CreditOutcome
-from opay.domain.outgoing_payment import OutgoingPayment
+from opay.domain.outgoing_payment import Abandoned, OutgoingPayment
 from opay.persistence import codec, keys
 from tests.conftest import make_world
 from tests.support import OpayServer
@@ -44,6 +43,7 @@ pytestmark = pytest.mark.anyio
 
 LOAD_SECONDS = 2.5
 SETTLE_SECONDS = 30  # the resume timer re-drives a sending payment every 5 s
+ORPHAN_SECONDS = 30  # a grant asks about an unconfirmed reservation 10 s after it, again every 5 s
 UNCAPPED = 3
 CAPPED = 3
 CAP = 400
@@ -111,6 +111,8 @@ async def crash_state(store: aioredis.Redis) -> dict[str, OutgoingPayment]:
     found: dict[str, OutgoingPayment] = {}
     async for key in store.scan_iter(match=keys.entity("op:*"), count=500):
         state = codec.decode_state(await store.hget(key, "s"))
+        if isinstance(state, Abandoned):
+            continue  # a tombstone: a create given up (none expected this early, all the same)
         assert isinstance(state, OutgoingPayment)
         found[state.id] = state
     return found
@@ -235,6 +237,9 @@ async def test_kill9_mid_flow_loses_no_outgoing_payment_and_settles_none_twice(o
             assert {uuid_of(pid) for pid in listed} == set(left), "the list index and the snapshots disagree"
 
             # 3. A client retries what it never got an answer for: once created, never twice.
+            # A retry may come after the grant gave the cut-off create up (its reservation is
+            # over 10 s old by now): then the payment id is a tombstone and the retry is
+            # refused (409 from the released reservation, or 503 from the tombstone itself).
             retried = Counter()
             unanswered = [quote for quote in quote_attempts.values() if uuid_of(quote["id"]) not in {uuid_of(p) for p in from_quotes}]
             answers = await asyncio.gather(
@@ -250,8 +255,12 @@ async def test_kill9_mid_flow_loses_no_outgoing_payment_and_settles_none_twice(o
                 if expected_id in listed:
                     assert answer.status_code == 409 and answer.json()["error"]["code"] == "quote_used", answer.text
                     retried["exists"] += 1
+                elif answer.status_code != 201:
+                    code = answer.json()["error"]["code"]
+                    assert (answer.status_code, code) in {(409, "quote_used"), (503, "abandoned")}, answer.text
+                    assert isinstance(await snapshot(store, f"op:{uuid_of(quote['id'])}"), Abandoned), answer.text
+                    retried[f"given up {answer.status_code}"] += 1
                 else:
-                    assert answer.status_code == 201, answer.text
                     body = answer.json()
                     assert body["id"] == expected_id
                     assert (body["debitAmount"], body["receiveAmount"], body["receiver"]) == (
@@ -279,7 +288,6 @@ async def test_kill9_mid_flow_loses_no_outgoing_payment_and_settles_none_twice(o
             failed = [p for p in payments.values() if p.phase == "failed"]
             assert completed, summary
             summary += f", completed {len(completed)}, failed {len(failed)}"
-            print(summary)
 
             views = await asyncio.gather(*(world.client.request("GET", pid, token=token) for pid in payments))
             for (pid, state), answer in zip(payments.items(), views):
@@ -306,34 +314,41 @@ async def test_kill9_mid_flow_loses_no_outgoing_payment_and_settles_none_twice(o
                 assert {k for k, o in outcomes.items() if o.accepted} == {f"op:{p.id}" for p in paying}
                 assert {k for k, o in outcomes.items() if not o.accepted} == {f"op:{p.id}" for p in refused}
 
-            # 6. The grant: one reservation per payment, released once by each failed one.
+            # 6. The grant: one reservation per payment, released once by each failed one; every
+            # reservation without a payment is given back once the grant's timer has asked about it.
             [grant_id] = {p.grant_id for p in payments.values()}
-            reservations = {
-                k.decode(): codec.decode(v, Reservation) for k, v in (await store.hgetall(keys.journal(f"grant:{grant_id}"))).items()
-            }
+            grant = f"grant:{grant_id}"
+            deadline = time.monotonic() + ORPHAN_SECONDS
+            while True:
+                reservations = {k.decode(): codec.decode(v, Reservation) for k, v in (await store.hgetall(keys.journal(grant))).items()}
+                ledger = await snapshot(store, grant)
+                assert isinstance(ledger, GrantSpend)
+                orphans = {pid: r for pid, r in reservations.items() if f"{server.public_url}/outgoing-payments/{pid}" not in payments}
+                waiting = {pid for pid, r in orphans.items() if not r.released}
+                if not waiting and not ledger.unconfirmed and await store.zscore(keys.DUE, grant) is None:
+                    break
+                assert time.monotonic() < deadline, (
+                    f"after {ORPHAN_SECONDS}s: {len(waiting)} reservation(s) without a payment still counted {sorted(waiting)[:5]}, "
+                    f"{len(ledger.unconfirmed)} unconfirmed; {summary}"
+                )
+                await anyio.sleep(0.5)
+            summary += f", given up {len(orphans)}"
             for p in payments.values():
                 held = reservations.get(p.id)
                 assert held is not None and (held.debit, held.receive) == (p.debit, p.receive), (p, held)
                 assert held.released == p.failed, (p, held)
-            # A reservation without a payment: the server died between reserving and opening
-            # a payment nobody was told about. It stays counted (the safe side), never for a quote
-            # (the retry above took it up) and never for an acknowledged payment.
-            orphans = {pid: r for pid, r in reservations.items() if f"{server.public_url}/outgoing-payments/{pid}" not in payments}
-            assert not orphans.keys() & quote_ids, orphans
-            assert len(orphans) <= direct_attempts
-            ledger = await snapshot(store, f"grant:{grant_id}")
-            assert isinstance(ledger, GrantSpend)
+            # A reservation without a payment: the server died between reserving and opening a
+            # payment nobody was told about (or a quote's retry came after it was given up).
+            # Given back, and its id is a tombstone, so no late create can ever open it.
+            assert len(orphans) <= direct_attempts + len(quote_attempts)
+            for pid, held in orphans.items():
+                assert held.released, (pid, held)
+                assert isinstance(await snapshot(store, f"op:{pid}"), Abandoned), pid
             live = sum(p.debit for p in payments.values() if not p.failed)
-            assert ledger.spent_debit == sum(r.debit for r in reservations.values() if not r.released)
+            assert ledger.spent_debit == sum(r.debit for r in reservations.values() if not r.released) == live
             spent = await world.client.request("GET", f"{server.public_url}/outgoing-payment-grant", token=token)
             assert spent.status_code == 200, spent.text
-            assert spent.json() == {
-                "spentDebitAmount": usd(live + sum(r.debit for r in orphans.values() if not r.released)),
-                "spentReceiveAmount": None,
-            }, (summary, orphans)
-            if orphans:
-                # Known gap (reported): a quote-less create cut off between its reservation and
-                # its payment leaves the reservation counted, and nothing ever gives it back.
-                warnings.warn(f"{len(orphans)} grant reservation(s) without a payment after kill -9: {orphans}; {summary}", stacklevel=1)
+            assert spent.json() == {"spentDebitAmount": usd(live), "spentReceiveAmount": None}, (summary, orphans)
+            print(summary)
     finally:
         await store.aclose()

@@ -2,26 +2,84 @@
 
 Each payment's reservation is journaled under its id, so a retried reservation (the
 same quote after a lost reply) counts once, and a release gives back exactly its share.
+
+A reservation is tentative until its payment confirms it (ConfirmSpend, told by the
+payment entity once opened). The front end reserves and then opens; if it dies or
+gives up in between, nobody would ever give the share back. So the ledger has a due
+time while anything is unconfirmed: when it fires, the grant asks each overdue payment
+entity (CheckReservation). The payment entity is serial, so its answer is final: either
+the payment was opened under this grant (confirm), or the id is now a tombstone (or
+another grant's payment) and no open can ever succeed on it (release the share).
 """
 
 from __future__ import annotations
 
 from opay.actors.entity import Step
-from opay.actors.messages import Nothing, ReadSpend, ReleaseSpend, ReserveSpend, Spent
-from opay.actors.replies import failed
+from opay.actors.messages import (
+    Answered,
+    Checked,
+    CheckReservation,
+    ConfirmSpend,
+    Failed,
+    Nothing,
+    ReadSpend,
+    ReleaseSpend,
+    ReserveSpend,
+    ResumeGrantSpend,
+    Spent,
+    tag_of,
+)
+from opay.actors.replies import failed, not_found
 from opay.domain import grant_spend as rules
 from opay.domain.errors import DomainError
 from opay.persistence import codec
+
+# How long a reservation may wait for its payment before the grant asks. A create takes
+# milliseconds between the two steps; this is long enough that only a create that was
+# cut off (or stalled far beyond any client's timeout) is ever asked about.
+CONFIRM_AFTER_MS = 10_000
+# Ask again after this long if no answer came (a lost Tell, an unavailable shard).
+RETRY_MS = 5_000
+# At most this many questions per timer firing, so one grant's backlog never floods the
+# router (its Tell budget is bounded too); the rest stay due and go on the next firing.
+CHECKS_PER_FIRE = 200
+_CHECK = tag_of(CheckReservation("", ""))
 
 
 def _ledger(command, state: rules.GrantSpend | None) -> rules.GrantSpend:
     return state if state is not None else rules.GrantSpend(id=command.entity_id)
 
 
+def payment_entity(payment_id: str) -> str:
+    return f"op:{payment_id}"
+
+
+def _schedule(ledger: rules.GrantSpend, step: Step) -> None:
+    """The grant is due exactly while some reservation waits for its payment."""
+    step.state = ledger
+    at = rules.next_check(ledger)
+    if at is None:
+        step.not_due()
+    else:
+        step.due(at)
+
+
 def reserve(command: ReserveSpend, state: rules.GrantSpend | None, step: Step) -> None:
     ledger = _ledger(command, state)
-    if step.journal_entry(command.payment_id) is not None:
-        ledger = rules.spent_now(ledger, command.limits, step.now_ms) if state is not None else ledger
+    held = step.journal_entry(command.payment_id)
+    if held is not None:
+        if codec.decode(held, rules.Reservation).released:
+            # Its share was given back: the payment failed, or it was never opened and is a
+            # tombstone now. Counting it as reserved again would let spending pass the limits
+            # if anything opened it, so refuse. Only a quote's payment id is ever reserved
+            # twice (a quote-less create draws a fresh id), hence the quote's refusal code.
+            step.reply = Failed("conflict", "quote_used", "the quote already backed a payment under this grant")
+            return
+        try:
+            ledger = rules.spent_now(ledger, command.limits, step.now_ms) if state is not None else ledger
+        except DomainError as error:
+            step.reply = failed(error)
+            return
         step.reply = Spent(ledger.spent_debit, ledger.spent_receive)
         return
     try:
@@ -35,23 +93,63 @@ def reserve(command: ReserveSpend, state: rules.GrantSpend | None, step: Step) -
             receiver=command.receiver,
             now_ms=step.now_ms,
         )
+        after = rules.hold(after, command.payment_id, step.now_ms + CONFIRM_AFTER_MS)
     except DomainError as error:
         step.reply = failed(error)
         return
-    step.state = after
     step.record(command.payment_id, codec.encode(reservation))
+    _schedule(after, step)
     step.reply = Spent(after.spent_debit, after.spent_receive)
+
+
+def _give_back(ledger: rules.GrantSpend, payment_id: str, step: Step) -> rules.GrantSpend:
+    held = step.journal_entry(payment_id)
+    if held is not None:
+        ledger, reservation = rules.release(ledger, codec.decode(held, rules.Reservation))
+        step.record(payment_id, codec.encode(reservation))
+    return rules.resolved(ledger, payment_id)
 
 
 def release(command: ReleaseSpend, state: rules.GrantSpend | None, step: Step) -> None:
-    held = step.journal_entry(command.payment_id)
-    if state is None or held is None:
+    if state is None or step.journal_entry(command.payment_id) is None:
         step.reply = Nothing()  # nothing was reserved: nothing to give back
         return
-    after, reservation = rules.release(state, codec.decode(held, rules.Reservation))
-    step.state = after
-    step.record(command.payment_id, codec.encode(reservation))
+    after = _give_back(state, command.payment_id, step)
+    _schedule(after, step)
     step.reply = Spent(after.spent_debit, after.spent_receive)
+
+
+def confirm(command: ConfirmSpend, state: rules.GrantSpend | None, step: Step) -> None:
+    step.reply = Nothing()
+    if state is None or command.payment_id not in state.unconfirmed:
+        return  # already confirmed, settled by asking, or never reserved here: nothing to write
+    _schedule(rules.resolved(state, command.payment_id), step)
+
+
+def resume(command: ResumeGrantSpend, state: rules.GrantSpend | None, step: Step) -> None:
+    if state is None:
+        step.reply = not_found("grant")  # the timer drops the due entry
+        return
+    grant_id = command.entity_id.split(":", 1)[1]
+    asking = rules.overdue(state, step.now_ms, CHECKS_PER_FIRE)
+    for payment_id in asking:
+        step.tell(CheckReservation(payment_entity(payment_id), grant_id))
+    _schedule(rules.asked(state, asking, step.now_ms + RETRY_MS), step)
+    step.reply = Nothing()
+
+
+def answered(command: Answered, state: rules.GrantSpend | None, step: Step) -> None:
+    """A payment entity's answer about a reservation; anything but Checked is retried later."""
+    step.reply = Nothing()
+    answer = command.answer
+    if state is None or command.question != _CHECK or not isinstance(answer, Checked):
+        return
+    if answer.payment_id not in state.unconfirmed:
+        return  # settled already (a duplicate answer, or the payment confirmed meanwhile)
+    if answer.exists:
+        _schedule(rules.resolved(state, answer.payment_id), step)
+    else:
+        _schedule(_give_back(state, answer.payment_id, step), step)
 
 
 def read(command: ReadSpend, state: rules.GrantSpend | None, step: Step) -> None:
@@ -62,4 +160,12 @@ def read(command: ReadSpend, state: rules.GrantSpend | None, step: Step) -> None
     step.reply = Spent(ledger.spent_debit, ledger.spent_receive)
 
 
-HANDLERS = {ReserveSpend: reserve, ReleaseSpend: release, ReadSpend: read}
+# Answered is not here: one handler per command type serves every entity, so the
+# outgoing-payment module's handler passes a grant's answers to `answered` above.
+HANDLERS = {
+    ReserveSpend: reserve,
+    ReleaseSpend: release,
+    ReadSpend: read,
+    ConfirmSpend: confirm,
+    ResumeGrantSpend: resume,
+}

@@ -5,16 +5,25 @@ receiver's entity for a credit (keyed by the payment id, so it lands once); the 
 completes or fails it; a failure gives the grant its share back. Whatever the payment
 still waits on is in its committed state with a due time, so after any crash its timer
 asks again.
+
+The grant reserved this payment's share before the open; the open confirms it. A grant
+that heard nothing asks (CheckReservation), and the answer here is final because this
+entity is serial: an id never opened becomes a tombstone (`Abandoned`) that refuses any
+later open, so a share is only given back when no payment can ever spend it.
 """
 
 from __future__ import annotations
 
+from opay.actors import grant_spends
 from opay.actors.entity import Step
 from opay.actors.messages import (
     Answered,
     CancelOutgoingPayment,
-    CreditIncomingPayment,
+    Checked,
+    CheckReservation,
+    ConfirmSpend,
     Credited,
+    CreditIncomingPayment,
     Failed,
     FundOutgoingPayment,
     Nothing,
@@ -53,7 +62,13 @@ def _pursue(payment: rules.OutgoingPayment, step: Step) -> None:
         step.not_due()
 
 
-def open_payment(command: OpenOutgoingPayment, state: rules.OutgoingPayment | None, step: Step) -> None:
+def open_payment(command: OpenOutgoingPayment, state: rules.OutgoingPayment | rules.Abandoned | None, step: Step) -> None:
+    if isinstance(state, rules.Abandoned):
+        # The grant gave this payment's share back after it asked and found nothing here:
+        # opening it now would spend outside the grant's limits. The client never got a 201
+        # for it; creating the payment again (with a new quote) is the way on.
+        step.reply = Failed("unavailable", "abandoned", "the payment's creation was cut off and given up; create it again")
+        return
     if state is not None:
         code = "quote_used" if command.payment.quote_id else "exists"
         step.reply = Failed("conflict", code, "the quote already backs an outgoing payment")
@@ -68,11 +83,31 @@ def open_payment(command: OpenOutgoingPayment, state: rules.OutgoingPayment | No
     if command.fund_at_once:
         payment = rules.fund(payment)
     _pursue(payment, step)
+    # The reservation is no longer tentative. Unanswered on purpose: if this is lost, the
+    # grant asks later (CheckReservation) and learns the same.
+    step.tell(ConfirmSpend(grant_entity(payment.grant_id), payment.id), answer_me=False)
     step.reply = State(payment)
 
 
-def _change(command, state: rules.OutgoingPayment | None, step: Step, change) -> None:
+def check(command: CheckReservation, state: rules.OutgoingPayment | rules.Abandoned | None, step: Step) -> None:
+    """A grant asks whether its reservation for this id became a payment under it."""
+    payment_id = command.entity_id.split(":", 1)[1]
     if state is None:
+        # Never opened: close the id for good, atomically with this answer, so the grant can
+        # give the share back knowing that no create still in flight can open it.
+        step.state = rules.Abandoned(id=payment_id, grant_id=command.grant_id, abandoned_at_ms=step.now_ms)
+        exists = False
+    elif isinstance(state, rules.Abandoned):
+        exists = False
+    else:
+        # Another grant's payment took this id (a quote tried under two grants): this grant's
+        # reservation will never back a payment either.
+        exists = state.grant_id == command.grant_id
+    step.reply = Checked(payment_id, exists)
+
+
+def _change(command, state: rules.OutgoingPayment | rules.Abandoned | None, step: Step, change) -> None:
+    if not isinstance(state, rules.OutgoingPayment):
         step.reply = not_found("outgoing payment")
         return
     try:
@@ -95,17 +130,22 @@ def cancel(command: CancelOutgoingPayment, state: rules.OutgoingPayment | None, 
     _change(command, state, step, lambda payment: rules.cancel(payment, command.reason))
 
 
-def resume(command: ResumeOutgoingPayment, state: rules.OutgoingPayment | None, step: Step) -> None:
-    if state is None:
+def resume(command: ResumeOutgoingPayment, state: rules.OutgoingPayment | rules.Abandoned | None, step: Step) -> None:
+    if not isinstance(state, rules.OutgoingPayment):
         step.reply = not_found("outgoing payment")
         return
     _pursue(state, step)
     step.reply = Nothing()
 
 
-def answered(command: Answered, state: rules.OutgoingPayment | None, step: Step) -> None:
+def answered(command: Answered, state, step: Step) -> None:
+    # One handler per command type serves every entity a shard hosts: a grant's answers go
+    # to the grant's own handler.
+    if command.entity_id.startswith("grant:"):
+        grant_spends.answered(command, state, step)
+        return
     step.reply = Nothing()
-    if state is None:
+    if not isinstance(state, rules.OutgoingPayment):
         return
     answer = command.answer
     if command.question == "ip.credit" and state.phase == "sending":
@@ -132,5 +172,6 @@ HANDLERS = {
     FundOutgoingPayment: fund,
     CancelOutgoingPayment: cancel,
     ResumeOutgoingPayment: resume,
+    CheckReservation: check,
     Answered: answered,
 }

@@ -13,14 +13,20 @@ import logging
 import redis
 import redis.asyncio as aioredis
 
-from opay.actors.messages import ExpireIncomingPayment, Failed, ResumeOutgoingPayment
+from opay.actors.messages import (
+    ExpireIncomingPayment,
+    Failed,
+    ResumeGrantSpend,
+    ResumeOutgoingPayment,
+)
 from opay.actors.router import ShardRouter
 from opay.clock import now_ms
 from opay.persistence import keys
 
 log = logging.getLogger("opay.timers")
 
-FIRE = {"ip": ExpireIncomingPayment, "op": ResumeOutgoingPayment}
+# By entity-id prefix. A grant is due while a reservation waits for its payment to confirm it.
+FIRE = {"ip": ExpireIncomingPayment, "op": ResumeOutgoingPayment, "grant": ResumeGrantSpend}
 
 
 async def fire_due(client: aioredis.Redis, router: ShardRouter, batch_max: int) -> int:

@@ -3,6 +3,13 @@
 One ledger per grant, changed one payment at a time by its entity actor, so payments
 under one grant can never together pass its limits. With an interval, spending counts
 per repetition: a payment in a new repetition starts from zero.
+
+A reservation is tentative until its payment is opened. The front end reserves, then
+opens the payment; a crash (or a 503) between the two would leave a share counted with
+no payment to ever give it back. So the ledger keeps every unconfirmed reservation with
+the time to ask about it: the payment entity confirms it once opened, and if it has not
+by then the grant asks the payment entity, which settles the race for good (it either
+holds the payment, or writes a tombstone that no late create can get past).
 """
 
 from __future__ import annotations
@@ -10,8 +17,19 @@ from __future__ import annotations
 import msgspec
 
 from opay.domain.amounts import Asset
-from opay.domain.errors import Forbidden, Invalid
+from opay.domain.errors import DomainError, Forbidden, Invalid
 from opay.domain.intervals import RepeatingInterval, window_at
+
+# At most this many reservations wait for their payment per grant. Each one lives in
+# the grant's snapshot (rewritten on every change), so the bound keeps that write small;
+# past it the grant refuses new payments until the payment entities have answered.
+MAX_UNCONFIRMED = 10_000
+
+
+class Busy(DomainError):
+    """Too much waits on other entities right now; retrying shortly succeeds."""
+
+    kind = "unavailable"
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
@@ -28,6 +46,9 @@ class GrantSpend(msgspec.Struct, frozen=True, kw_only=True, tag="grant"):
     window: int = -1  # repetition the spent amounts belong to; -1 without an interval
     spent_debit: int = 0
     spent_receive: int = 0
+    # Unconfirmed reservations: payment id -> when to ask that payment whether it was
+    # opened. An entry leaves when the payment confirms, or when asking settles it.
+    unconfirmed: dict[str, int] = {}
 
 
 class Reservation(msgspec.Struct, frozen=True, kw_only=True):
@@ -99,3 +120,41 @@ def release(state: GrantSpend, reservation: Reservation) -> tuple[GrantSpend, Re
         )
     assert state.spent_debit >= 0 and state.spent_receive >= 0
     return state, msgspec.structs.replace(reservation, released=True)
+
+
+def hold(state: GrantSpend, payment_id: str, check_at_ms: int) -> GrantSpend:
+    """Keep a new reservation tentative until its payment confirms it."""
+    if payment_id in state.unconfirmed:
+        return state
+    if len(state.unconfirmed) >= MAX_UNCONFIRMED:
+        raise Busy("grant_busy", "too many payments under this grant are still being created; retry shortly")
+    return msgspec.structs.replace(state, unconfirmed={**state.unconfirmed, payment_id: check_at_ms})
+
+
+def resolved(state: GrantSpend, payment_id: str) -> GrantSpend:
+    """The reservation no longer waits: its payment confirmed it, or it was given back."""
+    if payment_id not in state.unconfirmed:
+        return state
+    unconfirmed = dict(state.unconfirmed)
+    del unconfirmed[payment_id]
+    return msgspec.structs.replace(state, unconfirmed=unconfirmed)
+
+
+def next_check(state: GrantSpend) -> int | None:
+    """When the ledger next needs to ask about a reservation (None: nothing waits)."""
+    return min(state.unconfirmed.values()) if state.unconfirmed else None
+
+
+def overdue(state: GrantSpend, now_ms: int, limit: int) -> list[str]:
+    """The payments to ask about now, longest waiting first, at most `limit` of them."""
+    due = sorted((at, payment_id) for payment_id, at in state.unconfirmed.items() if at <= now_ms)
+    return [payment_id for _, payment_id in due[:limit]]
+
+
+def asked(state: GrantSpend, payment_ids: list[str], again_at_ms: int) -> GrantSpend:
+    """Asked about these: ask again at `again_at_ms` if no answer has settled them."""
+    if not payment_ids:
+        return state
+    return msgspec.structs.replace(
+        state, unconfirmed={**state.unconfirmed, **{p: again_at_ms for p in payment_ids if p in state.unconfirmed}}
+    )

@@ -47,6 +47,18 @@ class OutgoingPayment(msgspec.Struct, frozen=True, kw_only=True, tag="op"):
         return self.phase in ("completed", "failed")
 
 
+class Abandoned(msgspec.Struct, frozen=True, kw_only=True, tag="gone"):
+    """The tombstone of a payment that was never opened: its grant asked about it after
+    reserving its share, found nothing, and gave the share back. It stays, so a create
+    arriving later still (a stalled front end) cannot open a payment whose share is no
+    longer counted against the grant. It is a few bytes, written only after a crash or
+    an outage cut a create short, and no index lists it."""
+
+    id: str
+    grant_id: str
+    abandoned_at_ms: int
+
+
 def fund(payment: OutgoingPayment) -> OutgoingPayment:
     """Funding twice is harmless; a settled payment cannot be funded."""
     if payment.phase == "funding":

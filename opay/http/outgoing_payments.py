@@ -4,9 +4,11 @@ Creating one touches three entities, each serial on its own: the quote (bound to
 payment, once), the grant's spend ledger (reserved within the consented limits), then
 the payment itself. A payment made from a quote takes the quote's id, so a retry after a
 lost reply finds its binding and reservation again instead of spending twice, and a
-second payment from the same quote is refused by the payment entity itself. A failure
-after a step is never a silent leak in the client's favour: at worst a reservation
-stays counted against the grant (the safe side) until the payment fails and releases it.
+second payment from the same quote is refused by the payment entity itself. A
+reservation stays tentative until its payment confirms it; if the payment never opens
+(a crash between the steps), the grant's timer asks the payment's entity, which answers
+"absent" by becoming a tombstone that no late create can open, and only then is the
+share given back.
 """
 
 from __future__ import annotations

@@ -8,10 +8,11 @@ import msgspec
 
 from opay.domain.grant_spend import GrantSpend
 from opay.domain.incoming_payment import IncomingPayment
-from opay.domain.outgoing_payment import OutgoingPayment
+from opay.domain.outgoing_payment import Abandoned, OutgoingPayment
 from opay.domain.quote import Quote
 
-EntityState = IncomingPayment | Quote | OutgoingPayment | GrantSpend
+# Abandoned: the tombstone an outgoing-payment id keeps when its create never completed.
+EntityState = IncomingPayment | Quote | OutgoingPayment | GrantSpend | Abandoned
 
 T = TypeVar("T")
 
