@@ -17,15 +17,20 @@ import base64
 import hashlib
 import secrets
 import uuid
-from typing import Awaitable, Callable, Literal
+from typing import Awaitable, Callable, Literal, TypeVar
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import msgspec
+import redis
 import redis.asyncio as aioredis
 
 from opay.auth.access import AccessItem
 from opay.persistence import keys
 from opay.persistence.wallet_addresses import Jwk
+
+T = TypeVar("T")
+# Optimistic transactions retried past this many concurrent changes are refused (503).
+WATCH_ATTEMPTS = 16
 
 
 class ClientRef(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -237,92 +242,88 @@ class GrantStore:
         """Approve (with a fresh interact_ref) or deny a pending grant; the first decision
         stands. None: no such grant (or, given a nonce, not the right one)."""
         key = keys.grant(grant_id)
-        async with self._client.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key)
-                    raw = await pipe.get(key)
-                    if raw is None:
-                        return None
-                    grant = _grant_decoder.decode(raw)
-                    interaction = grant.interaction
-                    if nonce is not None and (
-                        interaction is None or not secrets.compare_digest(interaction.nonce.encode(), nonce.encode())
-                    ):
-                        return None
-                    if grant.state != "pending" or interaction is None:
-                        return Decided(grant, changed=False)
-                    decided = msgspec.structs.replace(
-                        grant,
-                        state="approved" if approve else "denied",
-                        interaction=msgspec.structs.replace(
-                            interaction, interact_ref=str(uuid.uuid4()) if approve else None, decided_at_ms=now_ms
-                        ),
-                    )
-                    pipe.multi()
-                    pipe.set(key, _encoder.encode(decided), keepttl=True)
-                    await pipe.execute()
-                    return Decided(decided, changed=True)
-                except aioredis.WatchError:
-                    continue
+
+        async def attempt(pipe: aioredis.client.Pipeline) -> Decided | None:
+            raw = await pipe.get(key)
+            if raw is None:
+                return None
+            grant = _grant_decoder.decode(raw)
+            interaction = grant.interaction
+            if nonce is not None and (
+                interaction is None or not secrets.compare_digest(interaction.nonce.encode(), nonce.encode())
+            ):
+                return None
+            if grant.state != "pending" or interaction is None:
+                return Decided(grant, changed=False)
+            decided = msgspec.structs.replace(
+                grant,
+                state="approved" if approve else "denied",
+                interaction=msgspec.structs.replace(
+                    interaction, interact_ref=str(uuid.uuid4()) if approve else None, decided_at_ms=now_ms
+                ),
+            )
+            pipe.multi()
+            pipe.set(key, _encoder.encode(decided), keepttl=True)
+            await pipe.execute()
+            return Decided(decided, changed=True)
+
+        return await self._optimistic([key], attempt)
 
     async def continue_grant(self, grant_id: str, continue_token: str, interact_ref: str | None, now_ms: int) -> Continued:
         """A continuation: with interact_ref after the finish redirect, or without (a poll).
         An approved grant is finalized here, once: its first access token and a new
         continue token are issued and the grant no longer expires."""
         key = keys.grant(grant_id)
-        async with self._client.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key)
-                    raw = await pipe.get(key)
-                    grant = None if raw is None else _grant_decoder.decode(raw)
-                    if grant is None or not secrets.compare_digest(grant.continue_token_digest, digest(continue_token)):
-                        raise ContinuationRefused("invalid_continuation", "unknown grant or continuation token")
-                    interaction = grant.interaction
-                    if grant.state == "finalized" or interaction is None:
-                        raise ContinuationRefused("invalid_continuation", "the grant is already finalized: there is nothing to continue")
-                    if grant.state == "denied":
-                        raise ContinuationRefused("request_denied", "the grant was denied")
-                    if interact_ref is not None:
-                        expected = interaction.interact_ref
-                        if expected is None or not secrets.compare_digest(expected.encode(), interact_ref.encode()):
-                            raise ContinuationRefused("invalid_continuation", "interact_ref does not match this grant's interaction")
-                    elif grant.state == "pending":
-                        # Only a poll that could learn nothing new is too fast: once the
-                        # grant is decided, the next poll gets the answer at once.
-                        if now_ms < interaction.next_poll_ms - POLL_SLACK_MS:
-                            raise ContinuationRefused(
-                                "too_fast", f"poll at most every {interaction.wait_seconds} s (the continue response's wait)"
-                            )
-                        polled = msgspec.structs.replace(
-                            grant,
-                            interaction=msgspec.structs.replace(
-                                interaction, next_poll_ms=now_ms + interaction.wait_seconds * 1000
-                            ),
-                        )
-                        pipe.multi()
-                        pipe.set(key, _encoder.encode(polled), keepttl=True)
-                        await pipe.execute()
-                        return Continued(grant=polled)
-                    # Approved: finalize, once.
-                    new_continue = new_secret()
-                    finalized = msgspec.structs.replace(grant, state="finalized", continue_token_digest=digest(new_continue))
-                    value = new_secret()
-                    token = Token(
-                        id=str(uuid.uuid4()),
-                        grant_id=grant.id,
-                        client=grant.client,
-                        access=grant.access,
-                        expires_at_ms=now_ms + self._token_seconds * 1000,
+
+        async def attempt(pipe: aioredis.client.Pipeline) -> Continued:
+            raw = await pipe.get(key)
+            grant = None if raw is None else _grant_decoder.decode(raw)
+            if grant is None or not secrets.compare_digest(grant.continue_token_digest, digest(continue_token)):
+                raise ContinuationRefused("invalid_continuation", "unknown grant or continuation token")
+            interaction = grant.interaction
+            if grant.state == "finalized" or interaction is None:
+                raise ContinuationRefused("invalid_continuation", "the grant is already finalized: there is nothing to continue")
+            if grant.state == "denied":
+                raise ContinuationRefused("request_denied", "the grant was denied")
+            if interact_ref is not None:
+                expected = interaction.interact_ref
+                if expected is None or not secrets.compare_digest(expected.encode(), interact_ref.encode()):
+                    raise ContinuationRefused("invalid_continuation", "interact_ref does not match this grant's interaction")
+            elif grant.state == "pending":
+                # Only a poll that could learn nothing new is too fast: once the
+                # grant is decided, the next poll gets the answer at once.
+                if now_ms < interaction.next_poll_ms - POLL_SLACK_MS:
+                    raise ContinuationRefused(
+                        "too_fast", f"poll at most every {interaction.wait_seconds} s (the continue response's wait)"
                     )
-                    pipe.multi()
-                    pipe.set(key, _encoder.encode(finalized))  # no TTL any more
-                    self._put_token(pipe, value, token)
-                    await pipe.execute()
-                    return Continued(grant=finalized, token_value=value, token=token, continue_token=new_continue)
-                except aioredis.WatchError:
-                    continue
+                polled = msgspec.structs.replace(
+                    grant,
+                    interaction=msgspec.structs.replace(
+                        interaction, next_poll_ms=now_ms + interaction.wait_seconds * 1000
+                    ),
+                )
+                pipe.multi()
+                pipe.set(key, _encoder.encode(polled), keepttl=True)
+                await pipe.execute()
+                return Continued(grant=polled)
+            # Approved: finalize, once.
+            new_continue = new_secret()
+            finalized = msgspec.structs.replace(grant, state="finalized", continue_token_digest=digest(new_continue))
+            value = new_secret()
+            token = Token(
+                id=str(uuid.uuid4()),
+                grant_id=grant.id,
+                client=grant.client,
+                access=grant.access,
+                expires_at_ms=now_ms + self._token_seconds * 1000,
+            )
+            pipe.multi()
+            pipe.set(key, _encoder.encode(finalized))  # no TTL any more
+            self._put_token(pipe, value, token)
+            await pipe.execute()
+            return Continued(grant=finalized, token_value=value, token=token, continue_token=new_continue)
+
+        return await self._optimistic([key], attempt)
 
     async def introspect(self, value: str, now_ms: int) -> Introspection:
         raw = await self._client.get(keys.token(digest(value)))
@@ -370,21 +371,31 @@ class GrantStore:
         """The grant (pending, decided or finalized) and every token issued under it stop
         working. Watched, so a token issued or rotated meanwhile is not left behind."""
         grant_key, tokens_key = keys.grant(grant.id), self._grant_tokens(grant.id)
-        async with self._client.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(grant_key, tokens_key)
-                    digests = [d.decode() for d in await pipe.smembers(tokens_key)]
-                    pipe.multi()
-                    pipe.delete(grant_key, tokens_key)
-                    for token_digest in digests:
-                        pipe.delete(keys.token(token_digest))
-                    await pipe.execute()
-                    break
-                except aioredis.WatchError:
-                    continue
+        async def attempt(pipe: aioredis.client.Pipeline) -> list[str]:
+            digests = [d.decode() for d in await pipe.smembers(tokens_key)]
+            pipe.multi()
+            pipe.delete(grant_key, tokens_key)
+            for token_digest in digests:
+                pipe.delete(keys.token(token_digest))
+            await pipe.execute()
+            return digests
+
+        digests = await self._optimistic([grant_key, tokens_key], attempt)
         for token_digest in digests:
             await self._announce(token_digest)
+
+    async def _optimistic(self, watched: list[str], attempt: Callable[[aioredis.client.Pipeline], Awaitable[T]]) -> T:
+        """Read, decide and write `watched` keys atomically (WATCH/MULTI/EXEC), again if a
+        concurrent writer got there first, a bounded number of times: past that the
+        contention is an outage (503), not a reason to spin."""
+        async with self._client.pipeline(transaction=True) as pipe:
+            for _ in range(WATCH_ATTEMPTS):
+                try:
+                    await pipe.watch(*watched)
+                    return await attempt(pipe)
+                except aioredis.WatchError:
+                    await pipe.reset()
+        raise redis.TimeoutError(f"{WATCH_ATTEMPTS} concurrent changes in a row to {watched[0]}")
 
     def _grant_tokens(self, grant_id: str) -> str:
         return f"{keys.grant(grant_id)}:tokens"
