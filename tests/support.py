@@ -81,6 +81,7 @@ class OpayServer:
     def start(self) -> "OpayServer":
         self.data_dir.mkdir(parents=True, exist_ok=True)
         wait_port_free(self.redis_port)
+        self._ready_before = self._ready_lines()
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "opay.cli", "serve"],
@@ -104,9 +105,11 @@ class OpayServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"opay serve exited with {self.process.returncode}:\n{self.log()}")
             try:
-                # Any answer means it serves (a test may run it with a generated token).
+                # Any answer means it serves (a test may run it with a generated token);
+                # serve prints its ready line once both servers have started.
                 httpx.get(f"{self.operator_url}/health", headers=self.operator_headers, timeout=1.0)
-                return
+                if self._ready_lines() > self._ready_before:
+                    return
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
@@ -115,6 +118,10 @@ class OpayServer:
     @property
     def operator_headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.operator_token}"}
+
+    def _ready_lines(self) -> int:
+        # The log is appended across restarts: count, so an earlier run's line is not taken.
+        return self.log_path.read_text(errors="replace").count("opay ready") if self.log_path.exists() else 0
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""
