@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from pathlib import Path
@@ -11,21 +10,27 @@ import httpx
 import redis
 
 from opay.persistence.embedded_redis import EmbeddedRedis
-from tests.support import OpayServer, free_port
+from tests.support import OpayServer, free_port, session_members
 
 
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def session_alive(session: int) -> bool:
+    """Anything left of what serve started: Ray's workers have their own process groups,
+    but stay in serve's session."""
+    return bool(session_members(session))
 
 
 def test_ctrl_c_stops_everything_it_started(tmp_path: Path) -> None:
     server = OpayServer(tmp_path, extra_env={"OPAY_OPERATOR_TOKEN": ""}).start()
+    try:
+        _check_ctrl_c(server, tmp_path)
+    finally:
+        if server.process is not None:
+            server.kill9()
+
+
+def _check_ctrl_c(server: OpayServer, tmp_path: Path) -> None:
     assert server.process is not None
-    pgid = server.process.pid
+    session = server.process.pid
     log = server.log()
     assert f"opay public API   {server.public_url}" in log
     assert f"opay operator API {server.operator_url}" in log
@@ -36,10 +41,11 @@ def test_ctrl_c_stops_everything_it_started(tmp_path: Path) -> None:
 
     server.process.send_signal(signal.SIGINT)
     assert server.process.wait(timeout=60) == 0
+    server.process = None
     deadline = time.monotonic() + 30
-    while group_alive(pgid) and time.monotonic() < deadline:
+    while session_alive(session) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not group_alive(pgid), "a process opay started outlived Ctrl-C"
+    assert not session_alive(session), "a process opay started outlived Ctrl-C"
     with redis.Redis(port=server.redis_port, socket_connect_timeout=0.5) as client:
         try:
             client.ping()
