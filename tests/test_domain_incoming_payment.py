@@ -119,6 +119,7 @@ def test_time_parsing_truncates_and_requires_an_offset() -> None:
 @given(st.lists(st.integers(0, 3_000), max_size=300))
 def test_replay_window_admits_each_sequence_once(sequences: list[int]) -> None:
     from opay.domain.replay_window import WINDOW, ReplayWindow, mark, was_seen
+    from opay.persistence import codec
 
     window, admitted = ReplayWindow(), set()
     for sequence in sequences:
@@ -129,4 +130,6 @@ def test_replay_window_admits_each_sequence_once(sequences: list[int]) -> None:
             assert sequence not in admitted
             admitted.add(sequence)
             window = mark(window, sequence)
+            # It is journaled after every packet: it must always encode.
+            assert codec.decode(codec.encode(window), ReplayWindow) == window
     assert window.seen < 1 << WINDOW

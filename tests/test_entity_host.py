@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from opay.actors import incoming_payments
-from opay.actors.entity import EntityHost
+from opay.actors.entity import INTERNAL, EntityHost
 from opay.actors.messages import (
     CONFLICT_RETRY,
     UNAVAILABLE,
@@ -255,3 +255,22 @@ def test_lru_passivation_keeps_at_most_max_active(embedded: EmbeddedRedis) -> No
         assert isinstance(reply, Credited), reply
         assert host.active_count <= 3
     assert [stored(raw, entity_id)[1].received for entity_id in ids] == [13, 2, 2, 2, 2]
+
+
+def test_a_command_that_fails_in_its_rules_does_not_take_its_batch_mates_down(embedded: EmbeddedRedis) -> None:
+    """One entity raising fails only its own commands; the others in the batch commit."""
+    good, bad = open_on(host_for(embedded), None), open_on(host_for(embedded), None)
+    correct = incoming_payments.HANDLERS[CreditIncomingPayment]
+
+    def buggy_for_one(command, state, step):  # a rule with a bug that only `bad` hits
+        if command.entity_id == bad:
+            raise RuntimeError("a bug in the rules")
+        correct(command, state, step)
+
+    host = EntityHost(SnapshotStore(client_for(embedded)), {**incoming_payments.HANDLERS, CreditIncomingPayment: buggy_for_one}, 1000)
+    replies = handle(host, [CreditIncomingPayment(good, 5, "a"), CreditIncomingPayment(bad, 5, "b"), CreditIncomingPayment(good, 7, "c")])
+    assert replies[1] == INTERNAL
+    assert [reply.outcome.received for reply in (replies[0], replies[2])] == [5, 12]
+    raw = client_for(embedded)
+    assert stored(raw, good)[1].received == 12
+    assert stored(raw, bad)[1].received == 0

@@ -430,3 +430,15 @@ async def test_redis_down_is_t00_never_fulfill(own_server) -> None:
         ):
             assert answer.code == "T00", answer
             assert answer.stream is None
+
+
+async def test_a_long_connection_keeps_crediting_and_still_refuses_replays(world, token) -> None:
+    """Far more packets on one connection than the replay window holds: every fresh one is
+    fulfilled and credited once, and replays of recent and old ones alike credit nothing."""
+    payment = await new_payment(world, token)
+    conn = connect(world, payment)
+    answers = [await conn.send(1) for _ in range(300)]
+    assert [answer.code for answer in answers] == ["fulfill"] * 300
+    for sent in (conn.sent[-1], conn.sent[-10], conn.sent[5]):
+        assert (await conn.deliver(sent)).code == "F99"
+    assert await received(world, payment, token) == (300, False)

@@ -9,6 +9,7 @@ reply never reflects state that Redis does not hold.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections import OrderedDict
 from typing import Callable
@@ -16,9 +17,14 @@ from typing import Callable
 import msgspec
 import redis
 
-from opay.actors.messages import CONFLICT_RETRY, UNAVAILABLE, BatchResult, Command, Reply, Tell
+from opay.actors.messages import CONFLICT_RETRY, UNAVAILABLE, BatchResult, Command, Failed, Reply, Tell
 from opay.persistence import codec, keys
 from opay.persistence.snapshots import EntityWrite, SideEffect, SnapshotStore
+
+
+log = logging.getLogger("opay.entities")
+
+INTERNAL = Failed("unavailable", "internal_error", "the resource could not process this command; nothing changed")
 
 
 class Active(msgspec.Struct):
@@ -116,26 +122,24 @@ class EntityHost:
         for entity_id, positions in mailboxes.items():
             if entity_id not in present:
                 continue
-            active = present[entity_id]
-            state: object = active.state if active else None
-            journal = active.journal if active else {}
-            pending: dict[str, bytes] = {}
-            effects: list[SideEffect] = []
-            for position in positions:
-                command = commands[position]
-                step = Step(entity_id, now_ms, state, journal, pending, self._emit_events)
-                self._handlers[type(command)](command, state, step)
-                assert step.reply is not None, f"{type(command).__name__} left no reply"
-                state = step.state
-                effects += step.effects
-                if step.tells:
-                    tells.setdefault(entity_id, []).extend(step.tells)
-                replies[position] = step.reply
-            before = active.state if active else None
-            if state is not None and (effects or state is not before):
-                version = active.version if active else 0
-                writes.append(EntityWrite(entity_id, version, codec.encode(state), effects))
-                staged.append((entity_id, active, state, pending))
+            try:
+                planned = self._apply(entity_id, present[entity_id], [commands[p] for p in positions], now_ms)
+            except Exception:
+                # A fault in one entity's rules must not take its batch-mates down with
+                # it: this entity's commands fail, its state stays as Redis holds it.
+                log.exception("entity %s failed a command batch", entity_id)
+                self._active.pop(entity_id, None)
+                for position in positions:
+                    replies[position] = INTERNAL
+                continue
+            step_replies, changed, write, pending, asked = planned
+            for position, reply in zip(positions, step_replies):
+                replies[position] = reply
+            if asked:
+                tells[entity_id] = asked
+            if write is not None:
+                writes.append(write)
+                staged.append((entity_id, present[entity_id], changed, pending))
 
         committed = self._commit(writes, staged, replies, mailboxes)
         assert all(reply is not None for reply in replies)
@@ -143,6 +147,31 @@ class EntityHost:
         # without writing (e.g. re-asking after a restart) tell from committed state.
         sent = [tell for entity_id, asked in tells.items() if entity_id not in committed or committed[entity_id] for tell in asked]
         return BatchResult(replies, sent)  # type: ignore[arg-type]
+
+    def _apply(
+        self, entity_id: str, active: Active | None, mailbox: list[Command], now_ms: int
+    ) -> tuple[list[Reply], object, EntityWrite | None, dict[str, bytes], list[Tell]]:
+        """One entity's mailbox for this batch, one command at a time: the replies, the new
+        state and its write (None if nothing changed), new journal entries, what it tells."""
+        state: object = active.state if active else None
+        journal = active.journal if active else {}
+        pending: dict[str, bytes] = {}
+        effects: list[SideEffect] = []
+        asked: list[Tell] = []
+        replies: list[Reply] = []
+        for command in mailbox:
+            step = Step(entity_id, now_ms, state, journal, pending, self._emit_events)
+            self._handlers[type(command)](command, state, step)
+            assert step.reply is not None, f"{type(command).__name__} left no reply"
+            state = step.state
+            effects += step.effects
+            asked += step.tells
+            replies.append(step.reply)
+        before = active.state if active else None
+        if state is None or (not effects and state is before):
+            return replies, state, None, pending, asked
+        version = active.version if active else 0
+        return replies, state, EntityWrite(entity_id, version, codec.encode(state), effects), pending, asked
 
     def _activate(
         self, entity_ids: list[str], replies: list[Reply | None], mailboxes: dict[str, list[int]]

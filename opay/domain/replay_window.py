@@ -4,14 +4,15 @@ A STREAM sender numbers its packets on a connection and never reuses a number, s
 number seen before is a replay. Remembering every number would grow without bound; a
 window remembers the highest number seen and which of the WINDOW numbers below it were
 seen. Anything older than the window counts as seen: a sender has only a few packets in
-flight, so an honest packet that old does not exist.
+flight; an honest packet overtaken by WINDOW later ones is refused and the sender sends
+its money again under a new number, so nothing is lost.
 """
 
 from __future__ import annotations
 
 import msgspec
 
-WINDOW = 1024
+WINDOW = 64  # the bitmask must fit msgpack's uint64
 _MASK = (1 << WINDOW) - 1
 
 
