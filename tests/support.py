@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -15,10 +16,21 @@ import httpx
 READY_TIMEOUT_SECONDS = 120
 
 
+# Below the kernel's ephemeral range (32768+ here): Ray's many processes bind port 0,
+# and an ephemeral port released by us could be theirs before opay binds it.
+_PORTS = range(20_000, 32_000)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    for _ in range(200):
+        port = random.choice(_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port found below the ephemeral range")
 
 
 def wait_port_free(port: int, timeout: float = 30.0) -> None:
