@@ -30,26 +30,23 @@ import base64
 import os
 import statistics
 import sys
-import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from opay.client import Operator, SignedClient, public_jwk  # noqa: E402
+from bench import common  # noqa: E402
+from bench.common import percentile  # noqa: E402
+from opay.client import Operator, SignedClient  # noqa: E402
 from opay.ilp.packet import Fulfill, Prepare, Reject, decode_packet  # noqa: E402
 from opay.ilp.stream import StreamMoney, StreamPacket, condition_for, encrypt_stream_packet, fulfillment_for  # noqa: E402
 
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 BENCH_ILP_TOKEN = "bench-ilp-peer-token"
 
 
@@ -67,56 +64,24 @@ class Conn:
         return Prepare(1, expires, condition, self.destination, data).encode()
 
 
-@dataclass
-class Result:
-    name: str
-    connections: int
-    latencies_ms: list[float] = field(default_factory=list)
-    replies: dict[str, int] = field(default_factory=dict)
-    wall_seconds: float = 0.0
-    client_cpu_seconds: float = 0.0
-    server_cpu_seconds: float | None = None
+class Result(common.Result):
+    """`outcomes` by reply: "fulfill", a Reject's code, or an HTTP status or exception name."""
 
     def line(self) -> str:
-        done = sum(self.replies.values())
-        lat = sorted(self.latencies_ms) or [0.0]
-        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-        codes = ", ".join(f"{code}: {count}" for code, count in sorted(self.replies.items()))
-        server = "" if self.server_cpu_seconds is None else f"  server CPU {self.server_cpu_seconds / self.wall_seconds:.2f} cores"
+        done = sum(self.outcomes.values())
+        lat = self.latencies_ms or [0.0]
+        codes = ", ".join(f"{code}: {count}" for code, count in sorted(self.outcomes.items()))
         return (
-            f"{self.name:<7} connections={self.connections:<4} {done:>7} packets in {self.wall_seconds:5.1f} s  "
-            f"{done / self.wall_seconds:8.0f} packets/s  p50 {statistics.median(lat):6.1f} ms  p99 {p99:6.1f} ms  "
-            f"replies: {codes}\n{'':<15}load generator CPU {self.client_cpu_seconds / self.wall_seconds:.2f} cores{server}"
+            f"{self.name:<7} connections={self.clients:<4} {done:>7} packets in {self.wall_seconds:5.1f} s  "
+            f"{done / self.wall_seconds:8.0f} packets/s  p50 {statistics.median(lat):6.1f} ms  p99 {percentile(lat, 0.99):6.1f} ms  "
+            f"replies: {codes}\n{self.cpu_text()}"
         )
-
-
-def session_cpu_seconds(sid: int) -> float:
-    """utime+stime of every live process in a session: the server, its Redis and its Ray."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid:
-            total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
 
 
 async def setup(public_url: str, operator_url: str, operator_token: str, payments: int, connections: int) -> tuple[list[Conn], list[str], SignedClient, str, httpx.AsyncClient]:
     http = httpx.AsyncClient(timeout=60)
     operator = Operator(http, operator_url, operator_token)
-    tag = uuid.uuid4().hex[:8]
-    receiver = await operator.wallet_address(f"bench-ilp-receiver-{tag}", "USD", 2, "Bench receiver")
-    app_wallet = await operator.wallet_address(f"bench-ilp-app-{tag}")
-    key = Ed25519PrivateKey.generate()
-    (await operator.add_key(app_wallet["id"].rsplit("/", 1)[1], public_jwk(key, "bench-key"))).raise_for_status()
-    client = SignedClient(http, app_wallet["id"], key, "bench-key")
-    grant = await client.grant(receiver["authServer"], [{"type": "incoming-payment", "actions": ["create", "read"]}])
-    gnap = grant["access_token"]["value"]
+    receiver, client, gnap = await common.receiver_and_client(operator, "bench-ilp", uuid.uuid4().hex[:8], ["create", "read"])
     ids = []
     for _ in range(payments):
         created = await client.request("POST", f"{public_url}/incoming-payments", json={"walletAddress": receiver["id"]}, token=gnap)
@@ -160,8 +125,7 @@ async def run_phase(
                 code = type(error).__name__
             fulfills += code == "fulfill"
             if result is not None:
-                result.latencies_ms.append((time.perf_counter() - started) * 1000)
-                result.replies[code] = result.replies.get(code, 0) + 1
+                result.record(code, started)
 
     # One HTTP connection per STREAM connection, kept alive.
     sessions = [
@@ -172,14 +136,9 @@ async def run_phase(
             await asyncio.gather(*(worker(c, s, time.monotonic() + warmup, max_packets, None) for c, s in zip(conns, sessions)))
         result = Result(name, len(conns))
         limit = counter + max_packets
-        cpu0, wall0 = time.process_time(), time.monotonic()
-        server0 = session_cpu_seconds(server_sid) if server_sid else None
-        await asyncio.gather(*(worker(c, s, wall0 + seconds, limit, result) for c, s in zip(conns, sessions)))
-        result.wall_seconds = time.monotonic() - wall0
-        result.client_cpu_seconds = time.process_time() - cpu0
-        if server_sid and server0 is not None:
-            result.server_cpu_seconds = session_cpu_seconds(server_sid) - server0
-        result.replies.setdefault(ok_code, 0)
+        with result.measure(server_sid) as wall0:
+            await asyncio.gather(*(worker(c, s, wall0 + seconds, limit, result) for c, s in zip(conns, sessions)))
+        result.outcomes.setdefault(ok_code, 0)
         return result, fulfills
     finally:
         await asyncio.gather(*(s.close() for s in sessions))
@@ -210,12 +169,6 @@ async def main(args: argparse.Namespace, public_url: str, operator_url: str, ope
         await http.aclose()
 
 
-def loopback(url: str) -> str:
-    if urlsplit(url).hostname not in LOOPBACK:
-        raise SystemExit(f"refusing {url}: this load script only targets loopback")
-    return url.rstrip("/")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="measured time per phase (default 10)")
@@ -230,10 +183,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ilp-token", default=BENCH_ILP_TOKEN, help="a token from the server's OPAY_ILP_INCOMING_TOKENS")
     parser.add_argument("--shards", type=int, default=0, help="OPAY_SHARDS for the server this script starts (0: as tests, 2)")
     args = parser.parse_args(argv)
-    if bool(args.public_url) != bool(args.operator_url):
-        parser.error("give both --public-url and --operator-url, or neither")
-    if args.public_url and not args.operator_token:
-        parser.error("--operator-token (or OPAY_OPERATOR_TOKEN) is needed with a running server")
+    common.check_server_args(parser, args)
     if set(args.phases.split(",")) - {"money", "probes"}:
         parser.error("--phases takes money and/or probes")
     return args
@@ -241,31 +191,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    if args.public_url:
-        asyncio.run(main(args, loopback(args.public_url), loopback(args.operator_url), args.operator_token, None))
-        return 0
-    from tests.support import OpayServer
-
-    with tempfile.TemporaryDirectory(prefix="opay-bench-ilp-") as data_dir:
-        extra = {"OPAY_ILP_INCOMING_TOKENS": args.ilp_token}
-        if args.shards:
-            extra["OPAY_SHARDS"] = str(args.shards)
-        server = OpayServer(Path(data_dir), extra)
-        started = time.monotonic()
-        server.start()
-        print(f"server up in {time.monotonic() - started:.1f} s: {server.public_url}; shards {server.env()['OPAY_SHARDS']}", flush=True)
-        try:
-            assert server.process is not None
-            asyncio.run(main(args, server.public_url, server.operator_url, server.operator_token, server.process.pid))
-        finally:
-            server.stop()
-    return 0
+    return common.run_main(
+        args,
+        main,
+        data_prefix="opay-bench-ilp-",
+        extra_env={"OPAY_ILP_INCOMING_TOKENS": args.ilp_token},
+        up_details="{public}; shards {shards}",
+    )
 
 
 if __name__ == "__main__":

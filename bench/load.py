@@ -21,67 +21,50 @@ import asyncio
 import os
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable
-from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
 import msgspec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from opay.client import Operator, SignedClient, public_jwk  # noqa: E402
+from bench import common  # noqa: E402
+from bench.common import percentile  # noqa: E402
+from opay.client import Operator, SignedClient  # noqa: E402
 from opay.http import signatures  # noqa: E402
 
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PHASES = ("creates", "credits", "flow")
 FLOW_STEPS = ("incoming", "quote", "outgoing")
 AMOUNT = 1000  # incomingAmount of every measured incoming payment (USD, scale 2)
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values) or [0.0]
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
-
-
 @dataclass
-class Result:
-    name: str
-    concurrency: int
-    latencies_ms: list[float] = field(default_factory=list)
-    statuses: dict[str, int] = field(default_factory=dict)
-    wall_seconds: float = 0.0
-    client_cpu_seconds: float = 0.0
-    server_cpu_seconds: float | None = None
+class Result(common.Result):
+    """`outcomes` by HTTP status or exception name, "ok" for the phase's expected status."""
+
     pending: set[asyncio.Task] = field(default_factory=set)  # work to await after the measured window
 
     @property
     def ok(self) -> int:
-        return self.statuses.get("ok", 0)
+        return self.outcomes.get("ok", 0)
 
     @property
     def errors(self) -> int:
-        return sum(count for status, count in self.statuses.items() if status != "ok")
+        return sum(count for status, count in self.outcomes.items() if status != "ok")
 
     def error_text(self) -> str:
-        return ", ".join(f"{status}: {count}" for status, count in sorted(self.statuses.items()) if status != "ok") or "none"
-
-    def cpu_text(self) -> str:
-        server = "" if self.server_cpu_seconds is None else f"  server CPU {self.server_cpu_seconds / self.wall_seconds:.2f} cores"
-        return f"{'':<15}load generator CPU {self.client_cpu_seconds / self.wall_seconds:.2f} cores{server}"
+        return ", ".join(f"{status}: {count}" for status, count in sorted(self.outcomes.items()) if status != "ok") or "none"
 
     def line(self) -> str:
         done = self.ok + self.errors
         lat = self.latencies_ms or [0.0]
         return (
-            f"{self.name:<8} c={self.concurrency:<4} {done:>7} requests in {self.wall_seconds:5.1f} s  "
+            f"{self.name:<8} c={self.clients:<4} {done:>7} requests in {self.wall_seconds:5.1f} s  "
             f"{done / self.wall_seconds:8.0f} req/s  p50 {statistics.median(lat):6.1f} ms  p99 {percentile(lat, 0.99):6.1f} ms  "
             f"errors: {self.error_text()}\n{self.cpu_text()}"
         )
@@ -108,7 +91,7 @@ class FlowResult(Result):
         unsettled = ", ".join(f"{cause}: {count}" for cause, count in sorted(self.settle_statuses.items())) or "none"
         settle = self.settle_ms or [0.0]
         return (
-            f"{self.name:<8} c={self.concurrency:<4} {done:>7} flows in {self.wall_seconds:5.1f} s  "
+            f"{self.name:<8} c={self.clients:<4} {done:>7} flows in {self.wall_seconds:5.1f} s  "
             f"{done / self.wall_seconds:8.1f} flows/s  flow p50 {statistics.median(lat):6.1f} ms  p99 {percentile(lat, 0.99):6.1f} ms  "
             f"errors: {self.error_text()}\n"
             f"{'':<15}steps (ms): {steps}\n"
@@ -116,23 +99,6 @@ class FlowResult(Result):
             f"p50 {statistics.median(settle):6.1f} ms  p99 {percentile(settle, 0.99):6.1f} ms  not settled: {unsettled}\n"
             f"{self.cpu_text()}"
         )
-
-
-def session_cpu_seconds(sid: int) -> float:
-    """utime+stime of every live process in a session: the server, its Redis and its Ray
-    (Ray's workers, the shards among them, run in process groups of their own)."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid:  # after the name: state ppid pgrp session ... utime(14) stime(15)
-            total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
 
 
 async def run_phase(
@@ -161,20 +127,14 @@ async def run_phase(
             except (aiohttp.ClientError, asyncio.TimeoutError) as error:
                 status = type(error).__name__
             if result is not None:
-                result.latencies_ms.append((time.perf_counter() - started) * 1000)
-                result.statuses[status] = result.statuses.get(status, 0) + 1
+                result.record(status, started)
 
     if warmup_seconds > 0:
         await asyncio.gather(*(worker(time.monotonic() + warmup_seconds, max_requests, None) for _ in range(concurrency)))
     result = result_type(name, concurrency)
     limit = counter + max_requests
-    cpu0, wall0 = time.process_time(), time.monotonic()
-    server0 = session_cpu_seconds(server_sid) if server_sid else None
-    await asyncio.gather(*(worker(wall0 + seconds, limit, result) for _ in range(concurrency)))
-    result.wall_seconds = time.monotonic() - wall0
-    result.client_cpu_seconds = time.process_time() - cpu0
-    if server_sid and server0 is not None:
-        result.server_cpu_seconds = session_cpu_seconds(server_sid) - server0
+    with result.measure(server_sid) as wall0:
+        await asyncio.gather(*(worker(wall0 + seconds, limit, result) for _ in range(concurrency)))
     while result.pending:  # e.g. settlement pollers still running: outside the measured window
         await asyncio.gather(*list(result.pending))
     return result
@@ -210,13 +170,8 @@ async def main(args: argparse.Namespace, public_url: str, operator_url: str, tok
     async with httpx.AsyncClient(timeout=60) as http:
         operator = Operator(http, operator_url, token)
         tag = uuid.uuid4().hex[:8]
-        receiver = await operator.wallet_address(f"bench-receiver-{tag}", "USD", 2, "Bench receiver")
-        app_wallet = await operator.wallet_address(f"bench-app-{tag}")
-        key = Ed25519PrivateKey.generate()
-        (await operator.add_key(app_wallet["id"].rsplit("/", 1)[1], public_jwk(key, "bench-key"))).raise_for_status()
-        client = SignedClient(http, app_wallet["id"], key, "bench-key")
-        grant = await client.grant(receiver["authServer"], [{"type": "incoming-payment", "actions": ["create", "read", "list"]}])
-        gnap = grant["access_token"]["value"]
+        receiver, client, gnap = await common.receiver_and_client(operator, "bench", tag, ["create", "read", "list"])
+        key = client.private_key
         create_url = f"{public_url}/incoming-payments"
         payments = []
         phases_wanted = args.phases.split(",")
@@ -350,13 +305,6 @@ async def main(args: argparse.Namespace, public_url: str, operator_url: str, tok
         return results
 
 
-def loopback(url: str) -> str:
-    host = urlsplit(url).hostname
-    if host not in LOOPBACK:
-        raise SystemExit(f"refusing {url}: this load script only targets loopback")
-    return url.rstrip("/")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="measured time per phase (default 10)")
@@ -375,41 +323,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--operator-token", default=os.environ.get("OPAY_OPERATOR_TOKEN", ""))
     parser.add_argument("--shards", type=int, default=0, help="OPAY_SHARDS for the server this script starts (0: as tests, 2)")
     args = parser.parse_args(argv)
-    if bool(args.public_url) != bool(args.operator_url):
-        parser.error("give both --public-url and --operator-url, or neither")
-    if args.public_url and not args.operator_token:
-        parser.error("--operator-token (or OPAY_OPERATOR_TOKEN) is needed with a running server")
+    common.check_server_args(parser, args)
     if set(args.phases.split(",")) - set(PHASES):
         parser.error(f"--phases takes any of {', '.join(PHASES)}")
     return args
 
 
 def run(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    if args.public_url:
-        asyncio.run(main(args, loopback(args.public_url), loopback(args.operator_url), args.operator_token, None))
-        return 0
-    from tests.support import OpayServer
-
-    with tempfile.TemporaryDirectory(prefix="opay-bench-") as data_dir:
-        extra = {"OPAY_SHARDS": str(args.shards)} if args.shards else None
-        server = OpayServer(Path(data_dir), extra)
-        started = time.monotonic()
-        server.start()
-        print(f"server up in {time.monotonic() - started:.1f} s: {server.public_url} (operator {server.operator_url}); "
-              f"shards {server.env()['OPAY_SHARDS']}; data {data_dir}", flush=True)
-        try:
-            assert server.process is not None
-            asyncio.run(main(args, server.public_url, server.operator_url, server.operator_token, server.process.pid))
-        finally:
-            server.stop()
-    return 0
+    return common.run_main(
+        parse_args(argv),
+        main,
+        data_prefix="opay-bench-",
+        extra_env={},
+        up_details="{public} (operator {operator}); shards {shards}; data {data}",
+    )
 
 
 if __name__ == "__main__":

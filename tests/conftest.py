@@ -78,6 +78,19 @@ class World:
             "POST", f"{self.server.public_url}/incoming-payments", json={"walletAddress": self.receiver["id"], **body}, token=token
         )
 
+    async def list_all(self, url: str, token: str) -> list[dict]:
+        """Every item of a list URL (its query already started, e.g. `?wallet-address=...&first=100`), page by page."""
+        items: list[dict] = []
+        cursor = None
+        while True:
+            answer = await self.client.request("GET", url + (f"&cursor={cursor}" if cursor else ""), token=token)
+            assert answer.status_code == 200, answer.text
+            page = answer.json()
+            items += page["result"]
+            if not page["pagination"]["hasNextPage"]:
+                return items
+            cursor = page["pagination"]["endCursor"]
+
 
 async def make_world(server: OpayServer, http: httpx.AsyncClient) -> World:
     operator = Operator(http, server.operator_url, server.operator_token)

@@ -42,20 +42,6 @@ def client(limit: int = 60) -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=15, limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit))
 
 
-async def list_all(world, token: str) -> list[dict]:
-    items: list[dict] = []
-    cursor = None
-    while True:
-        url = f"{world.server.public_url}/incoming-payments?wallet-address={world.receiver['id']}&first=100"
-        answer = await world.client.request("GET", url + (f"&cursor={cursor}" if cursor else ""), token=token)
-        assert answer.status_code == 200, answer.text
-        page = answer.json()
-        items += page["result"]
-        if not page["pagination"]["hasNextPage"]:
-            return items
-        cursor = page["pagination"]["endCursor"]
-
-
 def without_methods(view: dict) -> dict:
     return {name: value for name, value in view.items() if name != "methods"}
 
@@ -144,7 +130,8 @@ async def test_kill9_under_load_loses_nothing_acknowledged(own_server: OpayServe
             assert method["sharedSecret"] == b64url(mint.shared_secret_for(opened[1]))
 
         # The list index holds every acknowledged create and nothing never attempted.
-        listed = {item["id"] for item in await list_all(world, token)}
+        list_url = f"{server.public_url}/incoming-payments?wallet-address={world.receiver['id']}&first=100"
+        listed = {item["id"] for item in await world.list_all(list_url, token)}
         assert {created["id"] for created in acked_creates} | set(urls) <= listed
         assert len(listed) <= attempted_creates + PAYMENTS
 

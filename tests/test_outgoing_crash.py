@@ -80,20 +80,6 @@ def http_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=15, limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
 
 
-async def list_all(world, wallet: str, token: str) -> list[dict]:
-    items: list[dict] = []
-    cursor = None
-    while True:
-        url = f"{world.server.public_url}/outgoing-payments?wallet-address={wallet}&first=50"
-        answer = await world.client.request("GET", url + (f"&cursor={cursor}" if cursor else ""), token=token)
-        assert answer.status_code == 200, answer.text
-        page = answer.json()
-        items += page["result"]
-        if not page["pagination"]["hasNextPage"]:
-            return items
-        cursor = page["pagination"]["endCursor"]
-
-
 async def snapshot(store: aioredis.Redis, entity_id: str):
     raw = await store.hget(keys.entity(entity_id), "s")
     return None if raw is None else codec.decode_state(raw)
@@ -227,7 +213,8 @@ async def test_kill9_mid_flow_loses_no_outgoing_payment_and_settles_none_twice(o
                 assert terms(answer.json()) == terms(created)
 
             # 2. The list holds every acknowledged payment, and nothing never attempted.
-            listed = {item["id"]: item for item in await list_all(world, sender["id"], token)}
+            list_url = f"{server.public_url}/outgoing-payments?wallet-address={sender['id']}&first=50"
+            listed = {item["id"]: item for item in await world.list_all(list_url, token)}
             assert set(acked) <= set(listed)
             quote_ids = {uuid_of(q) for q in quote_attempts}
             listed_from_quotes = {pid for pid, item in listed.items() if "quoteId" in item}
