@@ -160,8 +160,6 @@ def read(command: ReadSpend, state: rules.GrantSpend | None, step: Step) -> None
     step.reply = Spent(ledger.spent_debit, ledger.spent_receive)
 
 
-# Answered is not here: one handler per command type serves every entity, so the
-# outgoing-payment module's handler passes a grant's answers to `answered` above.
 HANDLERS = {
     ReserveSpend: reserve,
     ReleaseSpend: release,

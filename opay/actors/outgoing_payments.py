@@ -14,7 +14,6 @@ later open, so a share is only given back when no payment can ever spend it.
 
 from __future__ import annotations
 
-from opay.actors import grant_spends
 from opay.actors.entity import Step
 from opay.actors.messages import (
     Answered,
@@ -139,11 +138,6 @@ def resume(command: ResumeOutgoingPayment, state: rules.OutgoingPayment | rules.
 
 
 def answered(command: Answered, state, step: Step) -> None:
-    # One handler per command type serves every entity a shard hosts: a grant's answers go
-    # to the grant's own handler.
-    if command.entity_id.startswith("grant:"):
-        grant_spends.answered(command, state, step)
-        return
     step.reply = Nothing()
     if not isinstance(state, rules.OutgoingPayment):
         return
@@ -173,5 +167,4 @@ HANDLERS = {
     CancelOutgoingPayment: cancel,
     ResumeOutgoingPayment: resume,
     CheckReservation: check,
-    Answered: answered,
 }

@@ -5,12 +5,26 @@ from __future__ import annotations
 
 from opay.clock import now_ms
 from opay.actors import grant_spends, incoming_payments, outgoing_payments, quotes
-from opay.actors.entity import EntityHost
-from opay.actors.messages import decode_commands, encode
+from opay.actors.entity import EntityHost, Step
+from opay.actors.messages import Answered, decode_commands, encode
 from opay.persistence import clients
 from opay.persistence.snapshots import SnapshotStore
 
-HANDLERS = {**incoming_payments.HANDLERS, **quotes.HANDLERS, **grant_spends.HANDLERS, **outgoing_payments.HANDLERS}
+# An answer goes to whichever kind of entity asked; every other command names its kind.
+ANSWERED_BY_KIND = {"op": outgoing_payments.answered, "grant": grant_spends.answered}
+
+
+def answered(command: Answered, state: object, step: Step) -> None:
+    ANSWERED_BY_KIND[command.entity_id.split(":", 1)[0]](command, state, step)
+
+
+HANDLERS = {
+    **incoming_payments.HANDLERS,
+    **quotes.HANDLERS,
+    **grant_spends.HANDLERS,
+    **outgoing_payments.HANDLERS,
+    Answered: answered,
+}
 
 
 
