@@ -12,7 +12,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from opay.client import Operator, SignedClient, public_jwk
-from tests.support import OpayServer
+from opay.persistence.embedded_redis import EmbeddedRedis
+from tests.support import OpayServer, free_port
 
 INCOMING_ALL = ["create", "read", "list", "complete"]
 
@@ -20,6 +21,15 @@ INCOMING_ALL = ["create", "read", "list", "complete"]
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+def embedded(tmp_path: Path):
+    """A real redis-server of the test's own (AOF, as opay ships it), without opay or Ray."""
+    server = EmbeddedRedis(tmp_path / "redis", free_port())
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from pathlib import Path
 
-import pytest
 import redis
 
 from opay.actors import incoming_payments
@@ -30,18 +28,9 @@ from opay.domain.amounts import Asset
 from opay.persistence import codec, keys
 from opay.persistence.embedded_redis import EmbeddedRedis
 from opay.persistence.snapshots import SnapshotStore
-from tests.support import free_port
 
 USD = Asset("USD", 2)
 HOUR_MS = 3_600_000
-
-
-@pytest.fixture
-def embedded(tmp_path: Path):
-    server = EmbeddedRedis(tmp_path / "redis", free_port())
-    server.start()
-    yield server
-    server.stop()
 
 
 def client_for(server: EmbeddedRedis, timeout: float = 1.0) -> redis.Redis:

@@ -6,7 +6,6 @@ late open after the tombstone is refused, and so is reserving that id again."""
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 
 import pytest
 import redis
@@ -38,20 +37,11 @@ from opay.domain.outgoing_payment import Abandoned, OutgoingPayment
 from opay.persistence import codec, keys
 from opay.persistence.embedded_redis import EmbeddedRedis
 from opay.persistence.snapshots import SnapshotStore
-from tests.support import free_port
 
 USD = Asset("USD", 2)
 LIMITS = Limits(debit=1_000, debit_asset=USD)
 RECEIVER = "http://127.0.0.1/incoming-payments/00000000-0000-4000-8000-000000000000"
 CONFIRM = grant_spends.CONFIRM_AFTER_MS
-
-
-@pytest.fixture
-def embedded(tmp_path: Path):
-    server = EmbeddedRedis(tmp_path / "redis", free_port())
-    server.start()
-    yield server
-    server.stop()
 
 
 class Cluster:

@@ -13,47 +13,16 @@
 import assert from 'node:assert/strict'
 import { createHash, createPrivateKey, randomBytes } from 'node:crypto'
 import {
-  OpenPaymentsClientError,
   createAuthenticatedClient,
   isFinalizedGrantWithAccessToken,
   isPendingGrant
 } from '@interledger/open-payments'
+import { expectClientError, readConfig, report, run, step } from './lib.mjs'
 
-const config = JSON.parse(process.argv[2] ?? '')
-for (const field of ['receiverWalletAddress', 'senderWalletAddress', 'clientWalletAddress', 'keyId', 'privateKeyPem']) {
-  assert.ok(config[field], `config.${field} is required`)
-}
+const config = readConfig(['receiverWalletAddress', 'senderWalletAddress', 'clientWalletAddress', 'keyId', 'privateKeyPem'])
 
 const FINISH_URI = 'http://127.0.0.1:1/callback'
 const POLL_TIMEOUT_MS = 20000
-
-let currentStep = 'setup'
-
-function report(step, details = {}) {
-  console.log(JSON.stringify({ step, ok: true, ...details }))
-}
-
-async function step(name, body) {
-  currentStep = name
-  const details = await body()
-  report(name, details ?? {})
-}
-
-async function expectClientError(promise, statuses) {
-  try {
-    await promise
-  } catch (error) {
-    if (!(error instanceof OpenPaymentsClientError)) {
-      throw new Error(`expected OpenPaymentsClientError, got ${error?.stack ?? error}`)
-    }
-    assert.ok(
-      statuses.includes(error.status),
-      `expected status in ${JSON.stringify(statuses)}, got ${error.status}: ${error.code} ${error.description} ${error.validationErrors ?? ''}`
-    )
-    return { status: error.status, code: error.code }
-  }
-  throw new Error(`expected an error with status ${JSON.stringify(statuses)}, but the call succeeded`)
-}
 
 async function poll(what, read, done) {
   const deadline = Date.now() + POLL_TIMEOUT_MS
@@ -387,18 +356,4 @@ async function main() {
   report('done')
 }
 
-main().catch((error) => {
-  const failure = { step: currentStep, ok: false, error: error?.message ?? String(error) }
-  if (error instanceof OpenPaymentsClientError) {
-    Object.assign(failure, {
-      status: error.status,
-      code: error.code,
-      description: error.description,
-      validationErrors: error.validationErrors,
-      details: error.details
-    })
-  }
-  console.log(JSON.stringify(failure))
-  console.error(error?.stack ?? error)
-  process.exit(1)
-})
+run(main)

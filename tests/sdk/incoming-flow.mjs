@@ -10,46 +10,14 @@
 import assert from 'node:assert/strict'
 import { createPrivateKey, createPublicKey, generateKeyPairSync } from 'node:crypto'
 import {
-  OpenPaymentsClientError,
   createAuthenticatedClient,
   createUnauthenticatedClient,
   isFinalizedGrantWithAccessToken,
   isPendingGrant
 } from '@interledger/open-payments'
+import { expectClientError, readConfig, report, run, step } from './lib.mjs'
 
-const config = JSON.parse(process.argv[2] ?? '')
-for (const field of ['receiverWalletAddress', 'clientWalletAddress', 'keyId', 'privateKeyPem']) {
-  assert.ok(config[field], `config.${field} is required`)
-}
-
-let currentStep = 'setup'
-
-function report(step, details = {}) {
-  console.log(JSON.stringify({ step, ok: true, ...details }))
-}
-
-async function step(name, body) {
-  currentStep = name
-  const details = await body()
-  report(name, details ?? {})
-}
-
-// Expect `promise` to reject with an OpenPaymentsClientError whose status is one of `statuses`.
-async function expectClientError(promise, statuses) {
-  try {
-    await promise
-  } catch (error) {
-    if (!(error instanceof OpenPaymentsClientError)) {
-      throw new Error(`expected OpenPaymentsClientError, got ${error?.stack ?? error}`)
-    }
-    assert.ok(
-      statuses.includes(error.status),
-      `expected status in ${JSON.stringify(statuses)}, got ${error.status}: ${error.description} ${error.validationErrors ?? ''}`
-    )
-    return { status: error.status, code: error.code }
-  }
-  throw new Error(`expected an error with status ${JSON.stringify(statuses)}, but the call succeeded`)
-}
+const config = readConfig(['receiverWalletAddress', 'clientWalletAddress', 'keyId', 'privateKeyPem'])
 
 const INCOMING_ALL = ['create', 'read', 'list', 'complete']
 
@@ -350,18 +318,4 @@ async function main() {
   report('done')
 }
 
-main().catch((error) => {
-  const failure = { step: currentStep, ok: false, error: error?.message ?? String(error) }
-  if (error instanceof OpenPaymentsClientError) {
-    Object.assign(failure, {
-      status: error.status,
-      code: error.code,
-      description: error.description,
-      validationErrors: error.validationErrors,
-      details: error.details
-    })
-  }
-  console.log(JSON.stringify(failure))
-  console.error(error?.stack ?? error)
-  process.exit(1)
-})
+run(main)
