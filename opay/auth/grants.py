@@ -330,7 +330,8 @@ class GrantStore:
         if raw is None:
             return INACTIVE
         token = _token_decoder.decode(raw)
-        if token.expires_at_ms <= now_ms:
+        # A token outlives its grant only through a race with a cancel; it must not work.
+        if token.expires_at_ms <= now_ms or not await self._client.exists(keys.grant(token.grant_id)):
             return INACTIVE
         return Introspection(active=True, grant=token.grant_id, access=token.access, client=token.client)
 
@@ -342,21 +343,42 @@ class GrantStore:
         raw = await self._client.get(keys.token(digest(value)))
         return None if raw is None else _token_decoder.decode(raw)
 
-    async def rotate(self, old: Token, old_value: str, now_ms: int) -> tuple[str, Token]:
+    async def rotate(self, old: Token, old_value: str, now_ms: int) -> tuple[str, Token] | None:
+        """A successor for `old`, which stops working; None when `old` is already gone
+        (rotated, revoked, or its grant cancelled), so a token chain never forks."""
         value = new_secret()
         token = msgspec.structs.replace(old, id=str(uuid.uuid4()), expires_at_ms=now_ms + self._token_seconds * 1000)
-        pipe = self._client.pipeline(transaction=True)
-        self._drop_token(pipe, old, old_value)
-        self._put_token(pipe, value, token)
-        await pipe.execute()
-        await self._announce(digest(old_value))
+
+        def change(pipe: aioredis.client.Pipeline) -> None:
+            self._drop_token(pipe, old, old_value)
+            self._put_token(pipe, value, token)
+
+        if not await self._change_token(old, old_value, change):
+            return None
         return value, token
 
-    async def revoke(self, token: Token, value: str) -> None:
-        pipe = self._client.pipeline(transaction=True)
-        self._drop_token(pipe, token, value)
-        await pipe.execute()
-        await self._announce(digest(value))
+    async def revoke(self, token: Token, value: str) -> bool:
+        """False when the token was already gone."""
+        return await self._change_token(token, value, lambda pipe: self._drop_token(pipe, token, value))
+
+    async def _change_token(self, token: Token, value: str, change: Callable[[aioredis.client.Pipeline], None]) -> bool:
+        """Apply `change` only while the token and its grant both exist (compare-and-set:
+        a concurrent rotate, revoke or cancel makes this one retry and see it gone)."""
+        token_key, grant_key = keys.token(digest(value)), keys.grant(token.grant_id)
+
+        async def attempt(pipe: aioredis.client.Pipeline) -> bool:
+            present = await pipe.exists(token_key, keys.token_by_id(token.id), grant_key)
+            if present != 3:
+                return False
+            pipe.multi()
+            change(pipe)
+            await pipe.execute()
+            return True
+
+        changed = await self._optimistic([token_key, keys.token_by_id(token.id), grant_key, self._grant_tokens(token.grant_id)], attempt)
+        if changed:
+            await self._announce(digest(value))
+        return changed
 
     async def grant(self, grant_id: str, continue_token: str) -> Grant | None:
         raw = await self._client.get(keys.grant(grant_id))
@@ -367,11 +389,18 @@ class GrantStore:
             return None
         return grant
 
-    async def cancel(self, grant: Grant) -> None:
+    async def cancel(self, grant: Grant, continue_token: str) -> bool:
         """The grant (pending, decided or finalized) and every token issued under it stop
-        working. Watched, so a token issued or rotated meanwhile is not left behind."""
+        working. Compare-and-set on the grant and its token set: a token issued or
+        rotated meanwhile is not left behind, and a continue token replaced meanwhile
+        (the grant was finalized) no longer cancels. False: nothing was cancelled."""
         grant_key, tokens_key = keys.grant(grant.id), self._grant_tokens(grant.id)
-        async def attempt(pipe: aioredis.client.Pipeline) -> list[str]:
+
+        async def attempt(pipe: aioredis.client.Pipeline) -> list[str] | None:
+            raw = await pipe.get(grant_key)
+            current = None if raw is None else _grant_decoder.decode(raw)
+            if current is None or not secrets.compare_digest(current.continue_token_digest, digest(continue_token)):
+                return None
             digests = [d.decode() for d in await pipe.smembers(tokens_key)]
             pipe.multi()
             pipe.delete(grant_key, tokens_key)
@@ -381,8 +410,9 @@ class GrantStore:
             return digests
 
         digests = await self._optimistic([grant_key, tokens_key], attempt)
-        for token_digest in digests:
+        for token_digest in digests or []:
             await self._announce(token_digest)
+        return digests is not None
 
     async def _optimistic(self, watched: list[str], attempt: Callable[[aioredis.client.Pipeline], Awaitable[T]]) -> T:
         """Read, decide and write `watched` keys atomically (WATCH/MULTI/EXEC), again if a

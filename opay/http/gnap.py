@@ -281,7 +281,9 @@ async def cancel_grant(request: Request) -> Response:
     if grant is None:
         raise ApiError(401, "invalid_continuation", "unknown grant or continuation token")
     await _signed_by(request, s, body, grant.client)
-    await s.grants.cancel(grant)
+    if not await s.grants.cancel(grant, _gnap_token(request)):
+        # Cancelled or finalized by a concurrent request since it was read.
+        raise ApiError(401, "invalid_continuation", "unknown grant or continuation token")
     return Response(status_code=204)
 
 
@@ -289,16 +291,24 @@ async def _managed_token(request: Request, s: Services, body: bytes) -> tuple[To
     value = _gnap_token(request)
     token = await s.grants.token(request.path_params["token_id"], value)
     if token is None:
-        raise ApiError(401, "invalid_rotation", "unknown token or token value")
+        raise _unknown_token()
     await _signed_by(request, s, body, token.client)
     return token, value
+
+
+def _unknown_token() -> ApiError:
+    return ApiError(401, "invalid_rotation", "unknown token or token value")
 
 
 async def rotate_token(request: Request) -> Response:
     s = services(request)
     body = await read_body(request, s.settings.body_max_bytes)
     token, value = await _managed_token(request, s, body)
-    new_value, new_token = await s.grants.rotate(token, value, now_ms())
+    rotated = await s.grants.rotate(token, value, now_ms())
+    if rotated is None:
+        # A concurrent rotate, revoke or cancel got there first: the chain never forks.
+        raise _unknown_token()
+    new_value, new_token = rotated
     return Response(wire.encode({"access_token": _token_view(s, new_value, new_token)}), media_type="application/json")
 
 
@@ -306,7 +316,8 @@ async def revoke_token(request: Request) -> Response:
     s = services(request)
     body = await read_body(request, s.settings.body_max_bytes)
     token, value = await _managed_token(request, s, body)
-    await s.grants.revoke(token, value)
+    if not await s.grants.revoke(token, value):
+        raise _unknown_token()
     return Response(status_code=204)
 
 
