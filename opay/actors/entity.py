@@ -19,7 +19,7 @@ import redis
 
 from opay.actors.messages import CONFLICT_RETRY, UNAVAILABLE, BatchResult, Command, Failed, Reply, Tell
 from opay.persistence import codec, keys
-from opay.persistence.snapshots import EntityWrite, SideEffect, SnapshotStore
+from opay.persistence.snapshots import CONFLICT, LANDED, EntityWrite, SideEffect, SnapshotStore
 
 
 log = logging.getLogger("opay.entities")
@@ -208,22 +208,20 @@ class EntityHost:
         mailboxes: dict[str, list[int]],
     ) -> dict[str, bool]:
         """Whether each written entity's write landed."""
-        try:
-            landed: list[bool] | None = self._store.write_many(writes)
-        except redis.RedisError:
-            # The outcome is unknown: some writes may have landed. Forget these entities so
-            # the next command re-reads whatever Redis holds; idempotency keys make retries safe.
-            landed = None
+        outcomes = self._store.write_many(writes)
         committed: dict[str, bool] = {}
         for n, (entity_id, active, state, pending) in enumerate(staged):
-            committed[entity_id] = landed is not None and landed[n]
+            committed[entity_id] = outcomes[n] == LANDED
             if committed[entity_id]:
                 journal = active.journal if active else {}
                 journal.update(pending)
                 self._remember(entity_id, Active(writes[n].expected_version + 1, state, journal))  # type: ignore[arg-type]
                 continue
+            # Conflict: another activation won. Unknown: Redis did not say, twice. Either
+            # way forget the entity, so the next command re-reads whatever Redis holds;
+            # idempotency keys make the caller's retry safe.
             self._active.pop(entity_id, None)
-            failure = UNAVAILABLE if landed is None else CONFLICT_RETRY
+            failure = CONFLICT_RETRY if outcomes[n] == CONFLICT else UNAVAILABLE
             for position in mailboxes[entity_id]:
                 replies[position] = failure
         return committed

@@ -4,9 +4,16 @@ A write carries the version the entity last read. The Lua script applies the sna
 and its side effects (indexes, due times, journal entries) only if the stored version
 still matches, so two activations of one entity after a failover cannot both win, and
 a stale version never overwrites a newer one. A batch of writes is one round trip.
+
+Each write also carries a write id, stored beside the version. A write sent again after
+it landed (redis-py resends a pipeline whose reply timed out; the host asks again after
+an error) finds the version one ahead and its own id there, and is reported as landed,
+not as a conflict. Outcomes are per entity: one failed write never hides the others.
 """
 
 from __future__ import annotations
+
+import os
 
 import msgspec
 import redis
@@ -14,25 +21,33 @@ import redis
 from opay.persistence import keys
 
 # KEYS[1] the entity hash; KEYS[2..] one key per side effect.
-# ARGV[1] expected version, ARGV[2] new version, ARGV[3] snapshot,
+# ARGV[1] expected version, ARGV[2] new version, ARGV[3] snapshot, ARGV[4] write id,
 # then per side effect: op, a, b.
 _WRITE = """
 local current = redis.call('HGET', KEYS[1], 'v') or '0'
 if current ~= ARGV[1] then
+  if current == ARGV[2] and redis.call('HGET', KEYS[1], 'w') == ARGV[4] then
+    return {1, current}
+  end
   return {0, current}
 end
-redis.call('HSET', KEYS[1], 'v', ARGV[2], 's', ARGV[3])
+-- Checked before anything is written: a script's writes are not rolled back by an error.
 for i = 2, #KEYS do
-  local at = 4 + (i - 2) * 3
+  local op = ARGV[5 + (i - 2) * 3]
+  if op ~= 'zadd' and op ~= 'zrem' and op ~= 'hset' then
+    return redis.error_reply('unknown side effect ' .. tostring(op))
+  end
+end
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 's', ARGV[3], 'w', ARGV[4])
+for i = 2, #KEYS do
+  local at = 5 + (i - 2) * 3
   local op, a, b = ARGV[at], ARGV[at + 1], ARGV[at + 2]
   if op == 'zadd' then
     redis.call('ZADD', KEYS[i], a, b)
   elseif op == 'zrem' then
     redis.call('ZREM', KEYS[i], b)
-  elseif op == 'hset' then
-    redis.call('HSET', KEYS[i], a, b)
   else
-    return redis.error_reply('unknown side effect ' .. tostring(op))
+    redis.call('HSET', KEYS[i], a, b)
   end
 end
 return {1, ARGV[2]}
@@ -51,6 +66,13 @@ class EntityWrite(msgspec.Struct, frozen=True):
     expected_version: int
     snapshot: bytes
     effects: list[SideEffect]
+    # Unique per write: how a write sent twice is recognised as having landed.
+    write_id: bytes = msgspec.field(default_factory=lambda: os.urandom(12))
+
+
+# What became of one write: it landed, the stored version had moved on (another
+# activation won), or unknown (Redis did not say; the entity must be re-read).
+LANDED, CONFLICT, UNKNOWN = "landed", "conflict", "unknown"
 
 
 class Loaded(msgspec.Struct, frozen=True):
@@ -84,22 +106,52 @@ class SnapshotStore:
             )
         return loaded
 
-    def write_many(self, writes: list[EntityWrite]) -> list[bool]:
-        """True per write that committed; False where the stored version had moved on."""
+    def write_many(self, writes: list[EntityWrite]) -> list[str]:
+        """LANDED, CONFLICT or UNKNOWN per write, in order. Writes whose fate the first
+        round trip left unknown are asked about once more before UNKNOWN is reported."""
         if not writes:
             return []
-        answers = self._evalsha_many(writes)
+        try:
+            answers = self._evalsha_many(writes)
+        except redis.RedisError as error:
+            answers = [error] * len(writes)
         unloaded = [n for n, answer in enumerate(answers) if isinstance(answer, redis.exceptions.NoScriptError)]
         if unloaded:
             # Redis restarted (or flushed its scripts): a NOSCRIPT write did nothing, so
             # loading the script and sending exactly those again is safe.
-            self._client.script_load(_WRITE)
-            for n, answer in zip(unloaded, self._evalsha_many([writes[n] for n in unloaded])):
+            try:
+                self._client.script_load(_WRITE)
+                again = self._evalsha_many([writes[n] for n in unloaded])
+            except redis.RedisError as error:
+                again = [error] * len(unloaded)
+            for n, answer in zip(unloaded, again):
                 answers[n] = answer
-        for answer in answers:
-            if isinstance(answer, Exception):
-                raise answer
-        return [int(answer[0]) == 1 for answer in answers]
+        outcomes = [UNKNOWN if isinstance(answer, Exception) else LANDED if int(answer[0]) == 1 else CONFLICT for answer in answers]
+        unknown = [n for n, outcome in enumerate(outcomes) if outcome == UNKNOWN]
+        if unknown:
+            for n, outcome in zip(unknown, self._confirm([writes[n] for n in unknown])):
+                outcomes[n] = outcome
+        return outcomes
+
+    def _confirm(self, writes: list[EntityWrite]) -> list[str]:
+        """Whether writes of unknown fate landed: the stored version and write id say."""
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for write in writes:
+                pipe.hmget(keys.entity(write.entity_id), "v", "w")
+            found = pipe.execute()
+        except redis.RedisError:
+            return [UNKNOWN] * len(writes)
+        outcomes = []
+        for write, (version, write_id) in zip(writes, found):
+            if version is not None and int(version) == write.expected_version + 1 and write_id == write.write_id:
+                outcomes.append(LANDED)
+            elif int(version or 0) == write.expected_version:
+                # Not applied, and it can no longer be: this write is not being resent.
+                outcomes.append(UNKNOWN)
+            else:
+                outcomes.append(CONFLICT)
+        return outcomes
 
     def _evalsha_many(self, writes: list[EntityWrite]) -> list:
         # EVALSHA straight into the pipeline: a Script object in a pipeline makes redis-py
@@ -118,6 +170,7 @@ class SnapshotStore:
                 write.expected_version,
                 write.expected_version + 1,
                 write.snapshot,
+                write.write_id,
                 *effect_args,
             )
         return pipe.execute(raise_on_error=False)
