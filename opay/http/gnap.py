@@ -27,6 +27,7 @@ from opay.domain.amounts import Asset
 from opay.domain.errors import DomainError
 from opay.http import consent, signatures, wire
 from opay.http.errors import ApiError
+from opay.http.resources import canonical_uuid
 from opay.http.security import client_key, verify_request_signature
 from opay.http.services import Services, read_body, services
 from opay.persistence.wallet_addresses import Jwk
@@ -196,6 +197,12 @@ def _gnap_token(request: Request) -> str:
     return value.strip()
 
 
+async def _grant(s: Services, request: Request, continue_token: str) -> Grant | None:
+    # Only an id this server could have issued is looked up: a path names no other key.
+    grant_id = canonical_uuid(request.path_params["grant_id"])
+    return None if grant_id is None else await s.grants.grant(grant_id, continue_token)
+
+
 async def request_grant(request: Request) -> Response:
     s = services(request)
     body = await read_body(request, s.settings.body_max_bytes)
@@ -247,7 +254,7 @@ async def continue_grant(request: Request) -> Response:
     s = services(request)
     body = await read_body(request, s.settings.body_max_bytes)
     continue_token = _gnap_token(request)
-    grant = await s.grants.grant(request.path_params["grant_id"], continue_token)
+    grant = await _grant(s, request, continue_token)
     if grant is None:
         raise ApiError(401, "invalid_continuation", "unknown grant or continuation token")
     await _signed_by(request, s, body, grant.client)
@@ -277,7 +284,7 @@ async def continue_grant(request: Request) -> Response:
 async def cancel_grant(request: Request) -> Response:
     s = services(request)
     body = await read_body(request, s.settings.body_max_bytes)
-    grant = await s.grants.grant(request.path_params["grant_id"], _gnap_token(request))
+    grant = await _grant(s, request, _gnap_token(request))
     if grant is None:
         raise ApiError(401, "invalid_continuation", "unknown grant or continuation token")
     await _signed_by(request, s, body, grant.client)
@@ -289,7 +296,8 @@ async def cancel_grant(request: Request) -> Response:
 
 async def _managed_token(request: Request, s: Services, body: bytes) -> tuple[Token, str]:
     value = _gnap_token(request)
-    token = await s.grants.token(request.path_params["token_id"], value)
+    token_id = canonical_uuid(request.path_params["token_id"])
+    token = None if token_id is None else await s.grants.token(token_id, value)
     if token is None:
         raise _unknown_token()
     await _signed_by(request, s, body, token.client)
@@ -297,7 +305,9 @@ async def _managed_token(request: Request, s: Services, body: bytes) -> tuple[To
 
 
 def _unknown_token() -> ApiError:
-    return ApiError(401, "invalid_rotation", "unknown token or token value")
+    # The spec gives /token/{id} one 401 code, invalid_client: the token presented does
+    # not authenticate anyone (Rafiki answers the same); invalid_rotation is its 400/404.
+    return ApiError(401, "invalid_client", "unknown token or token value")
 
 
 async def rotate_token(request: Request) -> Response:
@@ -323,9 +333,10 @@ async def revoke_token(request: Request) -> Response:
 
 ROUTES = [
     Route(PREFIX, request_grant, methods=["POST"]),
-    Route(PREFIX + "/continue/{grant_id}", continue_grant, methods=["POST"]),
-    Route(PREFIX + "/continue/{grant_id}", cancel_grant, methods=["DELETE"]),
-    Route(PREFIX + "/token/{token_id}", rotate_token, methods=["POST"]),
-    Route(PREFIX + "/token/{token_id}", revoke_token, methods=["DELETE"]),
+    # Any id, slashes included, reaches its handler, which answers with the spec's codes.
+    Route(PREFIX + "/continue/{grant_id:path}", continue_grant, methods=["POST"]),
+    Route(PREFIX + "/continue/{grant_id:path}", cancel_grant, methods=["DELETE"]),
+    Route(PREFIX + "/token/{token_id:path}", rotate_token, methods=["POST"]),
+    Route(PREFIX + "/token/{token_id:path}", revoke_token, methods=["DELETE"]),
     *consent.ROUTES,
 ]

@@ -78,16 +78,15 @@ async def create(request: Request) -> Response:
 
 async def get(request: Request) -> Response:
     s = services(request)
-    payment_uuid = path_uuid(request, "incoming payment")
     if "authorization" not in request.headers:
         # The public view: enough for a payer to find the authorization server.
-        payment = await s.queries.entity(entity_id(payment_uuid))
+        payment = await s.queries.entity(entity_id(path_uuid(request, "incoming payment")))
         if payment is None:
             raise ApiError(404, "not_found", "no such incoming payment")
         return json(200, {"receivedAmount": wire.amount(payment.received, payment.asset), "authServer": s.settings.auth_server_url})
     caller = await authenticated(request, s, b"")
     caller.require("incoming-payment", "read", None)
-    payment = await s.queries.entity(entity_id(payment_uuid))
+    payment = await s.queries.entity(entity_id(path_uuid(request, "incoming payment")))
     if payment is None or not visible(caller, "incoming-payment", "read", payment.wallet_address, payment.client):
         raise ApiError(404, "not_found", "no such incoming payment")
     return json(200, with_methods(s, payment))
@@ -95,10 +94,10 @@ async def get(request: Request) -> Response:
 
 async def complete(request: Request) -> Response:
     s = services(request)
-    payment_uuid = path_uuid(request, "incoming payment")
     body = await read_body(request, s.settings.body_max_bytes)
     caller = await authenticated(request, s, body)
     principal = caller.require("incoming-payment", "complete", None)
+    payment_uuid = path_uuid(request, "incoming payment")
     reply = await s.ask(
         CompleteIncomingPayment(entity_id(payment_uuid), wallet_address=principal.permit.item.identifier, client=principal.scope_client)
     )
@@ -113,6 +112,7 @@ async def list_payments(request: Request) -> Response:
 ROUTES = [
     Route(PATH, create, methods=["POST"]),
     Route(PATH, list_payments, methods=["GET"]),
-    Route(PATH + "/{resource_id}", get, methods=["GET"]),
-    Route(PATH + "/{resource_id}/complete", complete, methods=["POST"]),
+    # Any id, slashes included, reaches its handler: authentication is judged before the id.
+    Route(PATH + "/{resource_id:path}/complete", complete, methods=["POST"]),
+    Route(PATH + "/{resource_id:path}", get, methods=["GET"]),
 ]

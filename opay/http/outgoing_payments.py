@@ -105,9 +105,9 @@ async def create(request: Request) -> Response:
 
 async def get(request: Request) -> Response:
     s = services(request)
-    payment_uuid = path_uuid(request, "outgoing payment")
     caller = await authenticated(request, s, b"")
     caller.require("outgoing-payment", "read", None)
+    payment_uuid = path_uuid(request, "outgoing payment")
     payment = await s.queries.entity(f"{KIND}:{payment_uuid}")
     if not isinstance(payment, OutgoingPayment) or not visible(
         caller, "outgoing-payment", "read", payment.wallet_address, payment.client
@@ -139,6 +139,6 @@ async def grant_spent(request: Request) -> Response:
 ROUTES = [
     Route(PATH, create, methods=["POST"]),
     Route(PATH, list_payments, methods=["GET"]),
-    Route(PATH + "/{resource_id}", get, methods=["GET"]),
+    Route(PATH + "/{resource_id:path}", get, methods=["GET"]),
     Route("/outgoing-payment-grant", grant_spent, methods=["GET"]),
 ]

@@ -104,13 +104,13 @@ async def create(request: Request) -> Response:
 
 async def get(request: Request) -> Response:
     s = services(request)
-    quote_uuid = path_uuid(request, "quote")
     caller = await authenticated(request, s, b"")
     caller.require("quote", "read", None)
+    quote_uuid = path_uuid(request, "quote")
     quote = await s.queries.entity(f"quote:{quote_uuid}")
     if not isinstance(quote, Quote) or not visible(caller, "quote", "read", quote.wallet_address, quote.client):
         raise ApiError(404, "not_found", "no such quote")
     return json(200, wire.quote(quote, s.settings.resource_server_url))
 
 
-ROUTES = [Route(PATH, create, methods=["POST"]), Route(PATH + "/{resource_id}", get, methods=["GET"])]
+ROUTES = [Route(PATH, create, methods=["POST"]), Route(PATH + "/{resource_id:path}", get, methods=["GET"])]

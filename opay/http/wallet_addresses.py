@@ -1,10 +1,17 @@
-"""Wallet address server: GET {wa} and GET {wa}/jwks.json. No authentication."""
+"""Wallet address server: GET {wa}, {wa}/jwks.json and {wa}/did.json. No authentication.
+
+Its routes come last in the public app, and end with the answer to every request no
+route takes: a JSON 405 (with Allow) where the path has routes for other methods, else
+a JSON 404.
+"""
 
 from __future__ import annotations
 
+from urllib.parse import quote, urlsplit
+
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from opay.http import wire
 from opay.http.errors import ApiError
@@ -41,7 +48,56 @@ async def get_jwks(request: Request) -> Response:
     return Response(wire.encode({"keys": await s.wallets.keys_of(wallet.path)}), media_type="application/json")
 
 
+def did_web(wallet_url: str) -> str:
+    """The did:web DID whose document is served at {wallet_url}/did.json (W3C did:web:
+    the port's colon percent-encoded, path segments joined by colons)."""
+    parts = urlsplit(wallet_url)
+    segments = [quote(parts.netloc, safe="")] + [quote(segment, safe="") for segment in parts.path.strip("/").split("/") if segment]
+    return "did:web:" + ":".join(segments)
+
+
+async def get_did_document(request: Request) -> Response:
+    # The wallet address's keys as the verification methods of its did:web DID.
+    s, wallet = await _known(request)
+    did = did_web(s.wallet_url(wallet.path))
+    methods = [
+        {
+            "id": f"{did}#{quote(key.kid, safe='')}",
+            "type": "JsonWebKey2020",
+            "controller": did,
+            "publicKeyJwk": {"kid": key.kid, "kty": key.kty, "crv": key.crv, "x": key.x},
+        }
+        for key in await s.wallets.keys_of(wallet.path)
+    ]
+    ids = [method["id"] for method in methods]
+    document_ = {
+        "@context": ["https://www.w3.org/ns/did/v1", "https://w3id.org/security/suites/jws-2020/v1"],
+        "id": did,
+        "verificationMethod": methods,
+        "authentication": ids,
+        "assertionMethod": ids,
+    }
+    return Response(wire.encode(document_), media_type="application/json")
+
+
+async def unmatched(request: Request) -> Response:
+    """No route takes this method on this path (or no route this path)."""
+    allowed: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.endpoint not in (unmatched, get_wallet_address):
+            if route.matches(request.scope)[0] == Match.PARTIAL:
+                allowed |= route.methods or set()
+    if not allowed and await services(request).wallet(request.path_params["path"]) is not None:
+        allowed = {"GET", "HEAD"}
+    if allowed:
+        raise ApiError(405, "method_not_allowed", f"{request.method} is not allowed here", headers={"Allow": ", ".join(sorted(allowed))})
+    raise ApiError(404, "not_found", "no such resource")
+
+
 ROUTES = [
     Route("/{path:path}/jwks.json", get_jwks, methods=["GET"]),
+    Route("/{path:path}/did.json", get_did_document, methods=["GET"]),
     Route("/{path:path}", get_wallet_address, methods=["GET"]),
+    # Starlette would make a function route GET-only: name every method.
+    Route("/{path:path}", unmatched, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"]),
 ]
