@@ -10,7 +10,8 @@ from pathlib import Path
 import uvloop
 
 from opay import runtime
-from opay.actors.cluster import start_ray, start_shards
+from opay.actors.cluster import DeploymentMismatch, ShardDirectory, pin_shard_count, start_ray
+from opay.persistence import clients
 from opay.persistence.embedded_redis import EmbeddedRedis
 from opay.settings import from_environment
 
@@ -26,10 +27,14 @@ def serve() -> int:
         redis_url = embedded.url
         print(f"opay redis        {redis_url}  (AOF under {embedded.data_dir})", flush=True)
     try:
+        count = pin_shard_count(clients.blocking(redis_url, settings.redis_timeout_seconds), settings.shards)
         start_ray(settings)
-        shards = start_shards(settings, redis_url)
-        print(f"opay shards       {len(shards)} Ray actors", flush=True)
+        shards = ShardDirectory(settings, redis_url, count)
+        print(f"opay shards       {shards.count} Ray actors (detached)", flush=True)
         uvloop.run(runtime.serve(settings, redis_url, shards, show_token=show_token))
+    except DeploymentMismatch as error:
+        print(f"opay: refusing to start: {error}", file=sys.stderr, flush=True)
+        return 2
     finally:
         import ray
 

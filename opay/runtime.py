@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 import uvicorn
 
 from opay.actors import timers
-from opay.actors.router import ShardRouter
+from opay.actors.router import ShardRouter, Shards
 from opay.auth.client_keys import ClientKeys
 from opay.auth.grants import GrantStore
 from opay.auth.introspection import Introspector
@@ -64,7 +64,7 @@ async def _forget_revoked(client: aioredis.Redis, introspector: Introspector) ->
             await asyncio.sleep(1)
 
 
-async def serve(settings: Settings, redis_url: str, shards: list, *, show_token: bool) -> None:
+async def serve(settings: Settings, redis_url: str, shards: Shards, *, show_token: bool) -> None:
     client = clients.asynchronous(redis_url, settings.redis_timeout_seconds)
     http = httpx.AsyncClient(limits=httpx.Limits(max_connections=100))
     wallets = WalletAddressStore(client)
@@ -79,7 +79,7 @@ async def serve(settings: Settings, redis_url: str, shards: list, *, show_token:
     )
     grants.on_revoke(introspector.forget)
     router = ShardRouter(
-        shards, batch_max=settings.batch_max, in_flight=settings.batches_in_flight, call_timeout_seconds=settings.shard_call_timeout_seconds
+        shards, batch_max=settings.batch_max, in_flight=settings.batches_in_flight, deadline_seconds=settings.shard_call_timeout_seconds
     )
     services = Services(
         settings=settings,

@@ -25,7 +25,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_port: int = 6399
     # Empty: opay starts a local Ray.
     ray_address: str = ""
-    shards: int = 0  # 0: one per CPU
+    shards: int = 0  # 0: the count pinned in Redis, else one per CPU (then pinned)
     ilp_address: str = "test.opay"
     # base64url of 32 bytes; empty: generated on first start and kept in Redis.
     stream_secret: str = ""
@@ -50,6 +50,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     jwks_fetch_timeout_seconds: float = 2.0
     batch_max: int = 256
     batches_in_flight: int = 2
+    # Every command to a shard is answered within this, queue wait included (503 after).
     shard_call_timeout_seconds: float = 10.0
     shard_max_active_entities: int = 100_000
     redis_timeout_seconds: float = 5.0
@@ -87,9 +88,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def auth_server_url(self) -> str:
         return f"{self.public_url}/auth"
-
-    def shard_count(self) -> int:
-        return self.shards if self.shards > 0 else (os.cpu_count() or 1)
 
 
 _INT_FIELDS = {f for f, t in Settings.__annotations__.items() if t == "int"}

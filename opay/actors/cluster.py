@@ -1,16 +1,35 @@
-"""Join or start Ray and activate the shard actors."""
+"""Join or start Ray, pin the shard count, and keep handles to the shard actors.
+
+Shards are detached named actors: no front end owns them, so a front end that dies
+(kill -9) takes none with it, and Ray restarts a shard whose worker dies. A front end
+that finds a handle dead looks the shard up again by name.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import time
 
 import ray
+import redis
 
 from opay.actors.shard import Shard
+from opay.persistence import keys
 from opay.settings import Settings
 
 NAMESPACE = "opay"
+log = logging.getLogger("opay.cluster")
+
+# How often one shard may be looked up again, and how long a lookup may take.
+REFRESH_INTERVAL_SECONDS = 1.0
+LOOKUP_TIMEOUT_SECONDS = 10.0
+START_TIMEOUT_SECONDS = 120
+
+
+class DeploymentMismatch(Exception):
+    """This process does not fit the deployment it joins (shard count, or shards of another Redis)."""
 
 
 def start_ray(settings: Settings) -> None:
@@ -26,20 +45,83 @@ def start_ray(settings: Settings) -> None:
         include_dashboard=False,
         logging_level=logging.WARNING,
         configure_logging=True,
-        num_cpus=settings.shard_count(),
+        num_cpus=os.cpu_count() or 1,
     )
 
 
-def start_shards(settings: Settings, redis_url: str) -> list:
-    # num_cpus=0: a shard is mostly waiting on Redis; Ray's CPU accounting must not cap S.
-    # max_restarts=-1: a crashed shard comes back and re-activates entities from Redis.
-    # max_task_retries=0: a batch is never replayed behind the caller's back.
-    actor = ray.remote(Shard)
-    shards = [
-        actor.options(
-            name=f"opay-shard-{n}", get_if_exists=True, num_cpus=0, max_restarts=-1, max_task_retries=0
-        ).remote(n, redis_url, settings.shard_max_active_entities, settings.redis_timeout_seconds, bool(settings.webhook_url))
-        for n in range(settings.shard_count())
-    ]
-    ray.get([shard.stats.remote() for shard in shards], timeout=120)
-    return shards
+def pin_shard_count(client: redis.Redis, requested: int) -> int:
+    """The deployment's shard count S, pinned in Redis by the first process to start.
+
+    Routing is crc32(id) % S, so two processes with different S would send one entity to
+    two shards. `requested` 0 (OPAY_SHARDS unset) adopts the pinned S, or pins one per CPU;
+    an explicit S that differs from the pinned one is refused."""
+    assert requested >= 0
+    client.set(keys.SHARD_COUNT, requested or os.cpu_count() or 1, nx=True)
+    pinned = int(client.get(keys.SHARD_COUNT))
+    if requested and requested != pinned:
+        raise DeploymentMismatch(
+            f"OPAY_SHARDS={requested}, but this deployment has {pinned} shards (pinned in Redis key "
+            f"{keys.SHARD_COUNT} by its first start): every process must route with the same count. "
+            f"Start with OPAY_SHARDS={pinned} or unset."
+        )
+    return pinned
+
+
+def shard_name(n: int) -> str:
+    return f"opay-shard-{n}"
+
+
+class ShardDirectory:
+    """The handles of the S shard actors, each looked up again (or, if gone, re-created)
+    by name when a call to it fails."""
+
+    def __init__(self, settings: Settings, redis_url: str, count: int) -> None:
+        assert count > 0
+        self._settings = settings
+        self._redis_url = redis_url
+        self._handles = [self._ensure(n) for n in range(count)]
+        self._next_refresh = [0.0] * count
+        stats = ray.get([shard.stats.remote() for shard in self._handles], timeout=START_TIMEOUT_SECONDS)
+        stale = [s["index"] for s in stats if s.get("redis_url") != redis_url]
+        if stale:
+            # Detached shards of another deployment on this Ray cluster: they would write
+            # to another Redis. Refuse rather than route to them.
+            raise DeploymentMismatch(f"shards {stale} on this Ray cluster serve another Redis; stop them or use another namespace")
+
+    @property
+    def count(self) -> int:
+        return len(self._handles)
+
+    def handle(self, n: int):
+        return self._handles[n]
+
+    async def refresh(self, n: int) -> None:
+        now = time.monotonic()
+        if now < self._next_refresh[n]:
+            return
+        self._next_refresh[n] = now + REFRESH_INTERVAL_SECONDS
+        try:
+            self._handles[n] = await asyncio.wait_for(asyncio.to_thread(self._ensure, n), LOOKUP_TIMEOUT_SECONDS)
+        except Exception as error:
+            log.warning("shard %d could not be looked up again: %s", n, error)
+
+    def _ensure(self, n: int):
+        # lifetime="detached": owned by no front end, so one dying takes no shard with it.
+        # num_cpus=0: a shard is mostly waiting on Redis; Ray's CPU accounting must not cap S.
+        # max_restarts=-1: a crashed shard comes back and re-activates entities from Redis.
+        # max_task_retries=0: a batch is never replayed behind the caller's back.
+        # get_if_exists: the existing actor by name, or a new one if it is gone.
+        settings = self._settings
+        return (
+            ray.remote(Shard)
+            .options(
+                name=shard_name(n),
+                namespace=NAMESPACE,
+                lifetime="detached",
+                get_if_exists=True,
+                num_cpus=0,
+                max_restarts=-1,
+                max_task_retries=0,
+            )
+            .remote(n, self._redis_url, settings.shard_max_active_entities, settings.redis_timeout_seconds, bool(settings.webhook_url))
+        )

@@ -3,55 +3,92 @@
 A Ray call costs about half a millisecond of CPU on each side, far more than applying a
 command. So each shard's pump sends whatever queued up in one event-loop tick as one
 call, with a bounded number of calls in flight; under load batches grow by themselves.
+
+Nothing here can hang a caller: each command is encoded in `ask()`, so one that cannot
+be encoded is refused alone; every future of a batch is resolved whatever goes wrong
+with the call; and every `ask()` has a deadline, queue wait included, so commands behind
+a stuck shard hear "unavailable" at the deadline (and, still queued then, are never sent).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
+from typing import Protocol
 
-from opay.actors.messages import UNAVAILABLE, Answered, Command, Reply, Tell, decode_result, encode, tag_of
+import msgspec
+
+from opay.actors.messages import UNAVAILABLE, Answered, Command, Failed, Reply, Tell, decode_result, encode, tag_of
 from opay.actors.routing import shard_of
+
+log = logging.getLogger("opay.router")
+
+DEADLINE = Failed("unavailable", "shard_timeout", "the resource did not answer in time; retry shortly (with the same idempotency key)")
+BACK_PRESSURE = Failed("unavailable", "overloaded", "too many requests are waiting for this resource; retry shortly")
+
+
+class Shards(Protocol):
+    """Where the shard actors are: a handle per shard, looked up again when one dies."""
+
+    @property
+    def count(self) -> int: ...
+
+    def handle(self, n: int): ...
+
+    async def refresh(self, n: int) -> None: ...
+
+
+Queued = tuple[bytes, asyncio.Future]
 
 
 class ShardRouter:
     def __init__(
         self,
-        shards: list,
+        shards: Shards,
         *,
         batch_max: int,
         in_flight: int,
-        call_timeout_seconds: float,
+        deadline_seconds: float,
         queue_max: int = 100_000,
         tells_max: int = 10_000,
     ) -> None:
-        assert shards and batch_max > 0 and in_flight > 0
+        assert shards.count > 0 and batch_max > 0 and in_flight > 0 and deadline_seconds > 0
         self._shards = shards
         self._batch_max = batch_max
-        self._call_timeout = call_timeout_seconds
+        self._deadline = deadline_seconds
         self._queue_max = queue_max
         self._tells_max = tells_max
         self._telling = 0
-        self._queues: list[deque[tuple[Command, asyncio.Future[Reply]]]] = [deque() for _ in shards]
-        self._ready = [asyncio.Event() for _ in shards]
-        self._slots = [asyncio.Semaphore(in_flight) for _ in shards]
+        self._queues: list[deque[Queued]] = [deque() for _ in range(shards.count)]
+        self._ready = [asyncio.Event() for _ in range(shards.count)]
+        self._slots = [asyncio.Semaphore(in_flight) for _ in range(shards.count)]
         self._tasks: set[asyncio.Task] = set()
-        self._pumps = [asyncio.create_task(self._pump(n)) for n in range(len(shards))]
+        self._pumps = [asyncio.create_task(self._pump(n)) for n in range(shards.count)]
 
     @property
     def shard_count(self) -> int:
-        return len(self._shards)
+        return self._shards.count
 
     async def ask(self, command: Command) -> Reply:
-        n = shard_of(command.entity_id, len(self._shards))
+        try:
+            payload = encode(command)
+        except (TypeError, ValueError, OverflowError) as error:
+            # Only this caller's input is at fault; its batch-mates never see it.
+            log.warning("refused a command that cannot be encoded: %s", error)
+            return Failed("invalid", "invalid_request", f"the request holds a value that cannot be stored: {error}")
+        n = shard_of(command.entity_id, self._shards.count)
         queue = self._queues[n]
         if len(queue) >= self._queue_max:
-            # Back-pressure: refuse rather than queue without bound.
-            return UNAVAILABLE
+            return BACK_PRESSURE
         reply: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        queue.append((command, reply))
+        queue.append((payload, reply))
         self._ready[n].set()
-        return await reply
+        try:
+            # On timeout the future is cancelled: a pump that has not sent it yet skips it.
+            return await asyncio.wait_for(reply, self._deadline)
+        except asyncio.TimeoutError:
+            return DEADLINE
 
     async def close(self) -> None:
         for task in [*self._pumps, *self._tasks]:
@@ -65,7 +102,11 @@ class ShardRouter:
             ready.clear()
             while queue:
                 await slots.acquire()
-                batch = [queue.popleft() for _ in range(min(len(queue), self._batch_max))]
+                batch: list[Queued] = []
+                while queue and len(batch) < self._batch_max:
+                    queued = queue.popleft()
+                    if not queued[1].done():  # its caller's deadline passed while it waited
+                        batch.append(queued)
                 if not batch:
                     slots.release()
                     break
@@ -73,27 +114,35 @@ class ShardRouter:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, n: int, batch: list[tuple[Command, asyncio.Future[Reply]]]) -> None:
+    async def _send(self, n: int, batch: list[Queued]) -> None:
+        replies: list[Reply] = [UNAVAILABLE] * len(batch)
+        lost = False
         try:
-            payload = encode([command for command, _ in batch])
-            try:
-                answer = await asyncio.wait_for(self._shards[n].handle.remote(payload), self._call_timeout)
-                result = decode_result(answer)
-                replies = result.replies
-                assert len(replies) == len(batch)
-                for tell in result.tells:
-                    self._deliver(tell)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # A dead, restarting or stuck shard: the outcome is unknown, so the caller
-                # hears "unavailable" and retries (with an idempotency key where it matters).
-                replies = [UNAVAILABLE] * len(batch)
+            payload = encode([msgspec.Raw(command) for command, _ in batch])
+            answer = await asyncio.wait_for(self._shards.handle(n).handle.remote(payload), self._deadline)
+            result = decode_result(answer)
+            if len(result.replies) != len(batch):
+                raise ValueError(f"shard {n} answered {len(result.replies)} replies to {len(batch)} commands")
+            replies = result.replies
+            for tell in result.tells:
+                self._deliver(tell)
+        except asyncio.CancelledError:
+            raise
+        except asyncio.TimeoutError:
+            # A stuck shard (stopped, overloaded): the outcome is unknown, so the callers
+            # hear "unavailable" and retry (with an idempotency key where it matters).
+            log.warning("shard %d did not answer a batch of %d within %.1f s", n, len(batch), self._deadline)
+        except Exception as error:
+            # A dead or restarting shard, or an answer we cannot read: unknown outcome too.
+            log.warning("shard %d failed a batch of %d: %s", n, len(batch), error)
+            lost = True
+        finally:
             for (_, future), reply in zip(batch, replies):
                 if not future.done():
                     future.set_result(reply)
-        finally:
             self._slots[n].release()
+        if lost:
+            await self._shards.refresh(n)
 
     def _deliver(self, tell: Tell) -> None:
         if self._telling >= self._tells_max:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 from opay.clock import now_ms
 from opay.actors import grant_spends, incoming_payments, outgoing_payments, quotes
@@ -34,11 +36,12 @@ class Shard:
 
     def __init__(self, index: int, redis_url: str, max_active: int, redis_timeout_seconds: float, emit_events: bool) -> None:
         self.index = index
+        self._redis_url = redis_url
         client = clients.blocking(redis_url, redis_timeout_seconds)
         self._host = EntityHost(SnapshotStore(client), HANDLERS, max_active, emit_events)
 
     def handle(self, batch: bytes) -> bytes:
         return encode(self._host.handle(decode_commands(batch), now_ms()))
 
-    def stats(self) -> dict[str, int]:
-        return {"index": self.index, "active": self._host.active_count}
+    def stats(self) -> dict[str, int | str]:
+        return {"index": self.index, "active": self._host.active_count, "pid": os.getpid(), "redis_url": self._redis_url}

@@ -47,6 +47,8 @@ def token_by_id(token_id: str) -> str:
 
 REVOCATIONS_CHANNEL = f"{PREFIX}:revoked"
 STREAM_SECRET = f"{PREFIX}:stream-secret"
+# The deployment's shard count, pinned by the first process to start (routing depends on it).
+SHARD_COUNT = f"{PREFIX}:shard-count"
 WEBHOOK_EVENTS = f"{PREFIX}:webhooks:events"
 WEBHOOK_DUE = f"{PREFIX}:webhooks:due"
 WEBHOOK_DEAD = f"{PREFIX}:webhooks:dead"
