@@ -57,8 +57,13 @@ class Operator:
     async def post(self, path: str, json: Any) -> httpx.Response:
         return await self.http.post(self.url + path, json=json, headers=self.headers)
 
-    async def wallet_address(self, path: str, asset_code: str = "USD", asset_scale: int = 2, public_name: str | None = None) -> dict:
-        response = await self.post("/wallet-addresses", {"path": path, "assetCode": asset_code, "assetScale": asset_scale, "publicName": public_name})
+    async def wallet_address(
+        self, path: str, asset_code: str = "USD", asset_scale: int = 2, public_name: str | None = None, owner: str | None = None
+    ) -> dict:
+        body: dict = {"path": path, "assetCode": asset_code, "assetScale": asset_scale, "publicName": public_name}
+        if owner is not None:
+            body["owner"] = owner  # who may decide its consent on the built-in page
+        response = await self.post("/wallet-addresses", body)
         response.raise_for_status()
         return response.json()
 

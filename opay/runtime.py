@@ -132,4 +132,11 @@ async def _announce(settings: Settings, servers: list[_Server], show_token: bool
     print(f"opay operator API http://{settings.operator_host}:{settings.operator_port}", flush=True)
     if show_token:
         print(f"opay operator token {settings.operator_token}  (generated: set OPAY_OPERATOR_TOKEN to choose one)", flush=True)
+    token = settings.operator_token if show_token else "$OPAY_OPERATOR_TOKEN"
+    print(
+        f"approve a pending grant: curl -X POST -H 'Authorization: Bearer {token}'"
+        f" http://{settings.operator_host}:{settings.operator_port}/grants/<grant id>/approve"
+        "  (the id ends its continue URI; /deny refuses)",
+        flush=True,
+    )
     print("opay ready; Ctrl-C stops everything it started", flush=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -58,10 +59,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     timer_batch_max: int = 500
     body_max_bytes: int = 64 * 1024
     quote_validity_seconds: int = 300
-    # The consent page's approve/deny buttons decide the grant. Without a login in front
-    # of {auth}/interact/, whoever holds the link decides: set false in production and
-    # decide through the operator API (POST /grants/{id}/approve|deny) instead.
-    consent_page_decides: bool = True
+    # Header the ASE's login proxy sets to the logged-in user; empty: the consent page never decides.
+    consent_user_header: str = ""
+    # The ASE's own consent app (gets ?grantId=&nonce=, decides via the operator API); empty: opay's page.
+    consent_url: str = ""
     # Fund outgoing payments at once (a wallet that debits the sender itself); off: the
     # ASE funds each one through the operator API.
     auto_fund: bool = True
@@ -119,6 +120,14 @@ def from_environment(environ: dict[str, str] | None = None) -> Settings:
         raise ValueError("OPAY_ILP_ASSET_CODE must be set and OPAY_ILP_ASSET_SCALE must be 0..255")
     if not 0 <= settings.ilp_max_packet_amount <= 2**64 - 1:
         raise ValueError("OPAY_ILP_MAX_PACKET_AMOUNT must be 0 (no limit) or a uint64")
+    if environ.get("OPAY_CONSENT_PAGE_DECIDES", "").lower() in ("1", "true", "yes"):
+        # Removed; "false" is what every server now does. "true" would silently mean less than asked.
+        raise ValueError(
+            "OPAY_CONSENT_PAGE_DECIDES was removed: the consent page decides only for the wallet address's owner,"
+            " as the login proxy's OPAY_CONSENT_USER_HEADER names them; or set OPAY_CONSENT_URL; the operator API always decides"
+        )
+    if settings.consent_url and urlsplit(settings.consent_url).scheme not in ("http", "https"):
+        raise ValueError("OPAY_CONSENT_URL must be an http(s) URL")
     if not settings.operator_token:
         settings = msgspec.structs.replace(settings, operator_token=secrets.token_urlsafe(24))
     return settings

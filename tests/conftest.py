@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from opay.client import Operator, SignedClient, public_jwk
 from opay.persistence.embedded_redis import EmbeddedRedis
-from tests.support import OpayServer, free_port
+from tests.support import CONSENT_USER_HEADER, OpayServer, free_port
 
 INCOMING_ALL = ["create", "read", "list", "complete"]
 
@@ -63,7 +63,13 @@ class World:
         item: dict = {"type": "outgoing-payment", "actions": ["create", "read", "list"], "identifier": wallet["id"]}
         if limits:
             item["limits"] = limits
-        body = {"access_token": {"access": [item]}, "client": client.wallet_address, "interact": {"start": ["redirect"]}}
+        return await self.consented_token([item], wallet, client)
+
+    async def consented_token(self, access: list[dict], wallet: dict | None = None, client: SignedClient | None = None) -> str:
+        """A token of an interactive grant (outgoing-payment, list-all) the ASE approves via the operator API."""
+        client = client or self.client
+        wallet = wallet or self.receiver
+        body = {"access_token": {"access": access}, "client": client.wallet_address, "interact": {"start": ["redirect"]}}
         pending = await client.request("POST", wallet["authServer"], json=body)
         assert pending.status_code == 200, pending.text
         grant_id = pending.json()["continue"]["uri"].rsplit("/", 1)[1]
@@ -76,6 +82,11 @@ class World:
                 continue
             assert continued.status_code == 200, continued.text
             return continued.json()["access_token"]["value"]
+
+    @property
+    def owner_headers(self) -> dict[str, str]:
+        """What the login proxy sets for the receiver's owner: the consent page decides for them."""
+        return {CONSENT_USER_HEADER: self.receiver["owner"]}
 
     async def new_client(self, name: str) -> SignedClient:
         wallet = await self.operator.wallet_address(f"{name}-{uuid.uuid4().hex[:10]}")
@@ -104,7 +115,8 @@ class World:
 
 async def make_world(server: OpayServer, http: httpx.AsyncClient) -> World:
     operator = Operator(http, server.operator_url, server.operator_token)
-    receiver = await operator.wallet_address(f"alice-{uuid.uuid4().hex[:10]}", "USD", 2, "Alice")
+    path = f"alice-{uuid.uuid4().hex[:10]}"
+    receiver = await operator.wallet_address(path, "USD", 2, "Alice", owner=f"user-{path}")
     world = World(server, http, operator, receiver, {}, None)  # type: ignore[arg-type]
     world.client = await world.new_client("app")
     world.client_wallet = {"id": world.client.wallet_address}

@@ -14,6 +14,9 @@ from pathlib import Path
 import httpx
 
 READY_TIMEOUT_SECONDS = 120
+# The header a login proxy would set: test servers let the consent page decide for the
+# wallet's owner named in it (extra_env {"OPAY_CONSENT_USER_HEADER": ""} gives the default, none).
+CONSENT_USER_HEADER = "X-Opay-User"
 
 
 # Below the kernel's ephemeral range (32768+ here): Ray's many processes bind port 0,
@@ -84,6 +87,7 @@ class OpayServer:
                 "OPAY_REDIS_PORT": str(self.redis_port),
                 "OPAY_DATA_DIR": str(self.data_dir),
                 "OPAY_SHARDS": "2",
+                "OPAY_CONSENT_USER_HEADER": CONSENT_USER_HEADER,
                 "RAY_USAGE_STATS_ENABLED": "0",
             }
         )

@@ -380,7 +380,9 @@ async def test_another_client_cannot_see_or_touch_our_payments(world, token, pay
 
 async def test_read_all_and_list_all_see_other_clients_payments_but_do_not_complete_them(world, token, payment, store) -> None:
     other = await world.new_client("auditor")
-    wide = await world.token([{"type": "incoming-payment", "actions": ["read-all", "list-all", "complete"]}], client=other)
+    wide = await world.consented_token(
+        [{"type": "incoming-payment", "actions": ["read-all", "list-all", "complete"], "identifier": world.receiver["id"]}], client=other
+    )
     fetched = await other.request("GET", payment["id"], token=wide)
     assert fetched.status_code == 200, fetched.text
     assert fetched.json()["id"] == payment["id"]

@@ -19,7 +19,9 @@ import redis.asyncio as aioredis
 pytestmark = pytest.mark.anyio
 
 USD2 = {"assetCode": "USD", "assetScale": 2}
-LIST_ALL = [{"type": "incoming-payment", "actions": ["list-all", "read-all"]}]
+def list_all(world) -> list[dict]:
+    # Listing every client's payments is consented (interactive) and names the wallet address.
+    return [{"type": "incoming-payment", "actions": ["list-all", "read-all"], "identifier": world.receiver["id"]}]
 
 
 def assert_error(response, status: int, code: str | None = None) -> dict:
@@ -82,7 +84,7 @@ class Footprint:
 async def store(world, server):
     client = aioredis.Redis.from_url(server.redis_url)
     try:
-        yield Footprint(world, await world.token(LIST_ALL), client)
+        yield Footprint(world, await world.consented_token(list_all(world)), client)
     finally:
         await client.aclose()
 

@@ -109,7 +109,7 @@ async def test_the_full_redirect_flow_issues_a_token_with_the_approved_limits(wo
     assert pending["continue"]["wait"] == 1
 
     # The user opens the consent page: it names the client, the wallet address and the limits.
-    page = await world.http.get(pending["interact"]["redirect"])
+    page = await world.http.get(pending["interact"]["redirect"], headers=world.owner_headers)
     assert page.status_code == 200, page.text
     assert page.headers["content-type"].startswith("text/html")
     assert page.headers["x-frame-options"] == "DENY" and page.headers["cache-control"] == "no-store"
@@ -126,7 +126,7 @@ async def test_the_full_redirect_flow_issues_a_token_with_the_approved_limits(wo
     assert "<script" not in html.lower()
 
     # The user approves: back to the client with interact_ref and a hash the client can check.
-    approved = await world.http.post(pending["interact"]["redirect"] + "/approve")
+    approved = await world.http.post(pending["interact"]["redirect"] + "/approve", headers=world.owner_headers)
     assert approved.status_code == 302, approved.text
     location = approved.headers["location"]
     assert location.startswith("https://client.example/callback?state=xyz&")
@@ -136,10 +136,10 @@ async def test_the_full_redirect_flow_issues_a_token_with_the_approved_limits(wo
     assert "=" not in query["hash"][0] and "+" not in query["hash"][0] and "/" not in query["hash"][0]
 
     # The first decision stands.
-    again = await world.http.post(pending["interact"]["redirect"] + "/deny")
+    again = await world.http.post(pending["interact"]["redirect"] + "/deny", headers=world.owner_headers)
     assert again.status_code == 409 and again.headers["content-type"].startswith("text/html")
-    assert (await world.http.post(pending["interact"]["redirect"] + "/approve")).status_code == 409
-    shown = await world.http.get(pending["interact"]["redirect"])
+    assert (await world.http.post(pending["interact"]["redirect"] + "/approve", headers=world.owner_headers)).status_code == 409
+    shown = await world.http.get(pending["interact"]["redirect"], headers=world.owner_headers)
     assert shown.status_code == 200 and "already approved" in shown.text and "/approve" not in shown.text
 
     # Continuation: the wrong interact_ref, another client's signature and the wrong token are refused.
@@ -174,12 +174,12 @@ async def test_the_full_redirect_flow_issues_a_token_with_the_approved_limits(wo
     cancelled = await shop.request("DELETE", pending["continue"]["uri"], token=new_continue)
     assert cancelled.status_code == 204, cancelled.text
     assert (await introspect(world, token["value"])) == {"active": False}
-    assert (await world.http.get(pending["interact"]["redirect"])).status_code == 404
+    assert (await world.http.get(pending["interact"]["redirect"], headers=world.owner_headers)).status_code == 404
 
 
 async def test_only_one_of_racing_continuations_gets_the_token(world) -> None:
     pending = await start(world, nonce="n-" + uuid.uuid4().hex)
-    approved = await world.http.post(pending["interact"]["redirect"] + "/approve")
+    approved = await world.http.post(pending["interact"]["redirect"] + "/approve", headers=world.owner_headers)
     interact_ref = urllib.parse.parse_qs(urllib.parse.urlsplit(approved.headers["location"]).query)["interact_ref"][0]
     results = []
 
@@ -195,7 +195,7 @@ async def test_only_one_of_racing_continuations_gets_the_token(world) -> None:
 async def test_a_finish_uri_without_a_query_gets_one(world) -> None:
     body = interactive(world.client, [outgoing(world)], {"method": "redirect", "uri": "myapp://done", "nonce": "abc"})
     pending = (await request_grant(world, body)).json()
-    approved = await world.http.post(pending["interact"]["redirect"] + "/approve")
+    approved = await world.http.post(pending["interact"]["redirect"] + "/approve", headers=world.owner_headers)
     assert approved.status_code == 302
     assert approved.headers["location"].startswith("myapp://done?hash=")
 
@@ -205,11 +205,11 @@ async def test_a_finish_uri_without_a_query_gets_one(world) -> None:
 
 async def test_deny_redirects_with_grant_rejected_and_the_grant_is_refused(world) -> None:
     pending = await start(world, nonce="client-nonce")
-    denied = await world.http.post(pending["interact"]["redirect"] + "/deny")
+    denied = await world.http.post(pending["interact"]["redirect"] + "/deny", headers=world.owner_headers)
     assert denied.status_code == 302, denied.text
     assert denied.headers["location"] == FINISH_URI + "&result=grant_rejected"
-    assert (await world.http.post(pending["interact"]["redirect"] + "/approve")).status_code == 409
-    assert "already denied" in (await world.http.get(pending["interact"]["redirect"])).text
+    assert (await world.http.post(pending["interact"]["redirect"] + "/approve", headers=world.owner_headers)).status_code == 409
+    assert "already denied" in (await world.http.get(pending["interact"]["redirect"], headers=world.owner_headers)).text
     assert_error(await cont(world.client, pending, interact_ref="anything"), 401, "request_denied")
     assert_error(await cont(world.client, pending), 401, "request_denied")
     assert (await world.operator.post(f"/grants/{grant_id(pending)}/approve", {})).status_code == 409
@@ -217,9 +217,9 @@ async def test_deny_redirects_with_grant_rejected_and_the_grant_is_refused(world
 
 async def test_without_a_finish_uri_the_decision_is_an_html_page(world) -> None:
     first, second = await start(world), await start(world)
-    approved = await world.http.post(first["interact"]["redirect"] + "/approve")
+    approved = await world.http.post(first["interact"]["redirect"] + "/approve", headers=world.owner_headers)
     assert approved.status_code == 200 and approved.headers["content-type"].startswith("text/html") and "Approved" in approved.text
-    denied = await world.http.post(second["interact"]["redirect"] + "/deny")
+    denied = await world.http.post(second["interact"]["redirect"] + "/deny", headers=world.owner_headers)
     assert denied.status_code == 200 and "Denied" in denied.text
     assert (await cont(world.client, first)).json()["access_token"]["access"] == [outgoing(world)]
     assert_error(await cont(world.client, second), 401, "request_denied")
@@ -230,11 +230,11 @@ async def test_the_consent_page_of_an_unknown_grant_or_with_the_wrong_nonce_is_4
     redirect = pending["interact"]["redirect"]
     base = redirect.rsplit("/", 1)[0]
     for url in (f"{base}/wrong-nonce", f"{world.receiver['authServer']}/interact/{uuid.uuid4()}/x"):
-        page = await world.http.get(url)
+        page = await world.http.get(url, headers=world.owner_headers)
         assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
-        assert (await world.http.post(url + "/approve")).status_code == 404
+        assert (await world.http.post(url + "/approve", headers=world.owner_headers)).status_code == 404
     # Nothing was decided by those attempts.
-    assert "/approve" in (await world.http.get(redirect)).text
+    assert "/approve" in (await world.http.get(redirect, headers=world.owner_headers)).text
 
 
 # --- polling and the operator ---------------------------------------------------------
@@ -298,9 +298,9 @@ async def test_operator_approval_with_a_finish_uri_gives_the_redirect_for_the_us
 async def test_an_interactive_incoming_payment_grant_also_waits_for_consent(world) -> None:
     pending = await start(world, [{"type": "incoming-payment", "actions": ["create", "read"]}])
     assert "access_token" not in pending
-    page = (await world.http.get(pending["interact"]["redirect"])).text
+    page = (await world.http.get(pending["interact"]["redirect"], headers=world.owner_headers)).text
     assert "request payments into this wallet address" in page and "any of your wallet addresses" in page
-    await world.http.post(pending["interact"]["redirect"] + "/approve")
+    await world.http.post(pending["interact"]["redirect"] + "/approve", headers=world.owner_headers)
     token = (await cont(world.client, pending)).json()["access_token"]["value"]
     assert (await world.create_payment(token)).status_code == 201
 
@@ -313,8 +313,8 @@ async def test_a_cancelled_pending_grant_cannot_be_continued_or_decided(world) -
     cancelled = await world.client.request("DELETE", pending["continue"]["uri"], token=pending["continue"]["access_token"]["value"])
     assert cancelled.status_code == 204, cancelled.text
     assert_error(await cont(world.client, pending), 401, "invalid_continuation")
-    assert (await world.http.get(pending["interact"]["redirect"])).status_code == 404
-    assert (await world.http.post(pending["interact"]["redirect"] + "/approve")).status_code == 404
+    assert (await world.http.get(pending["interact"]["redirect"], headers=world.owner_headers)).status_code == 404
+    assert (await world.http.post(pending["interact"]["redirect"] + "/approve", headers=world.owner_headers)).status_code == 404
     assert_error(await world.operator.post(f"/grants/{grant_id(pending)}/approve", {}), 404)
 
 
@@ -401,14 +401,14 @@ async def test_a_bad_interact_request_is_400(world, store, interact) -> None:
 
 async def test_unlimited_outgoing_access_is_allowed_and_the_page_says_so(world) -> None:
     pending = await start(world, [outgoing(world, limits=None)])
-    page = (await world.http.get(pending["interact"]["redirect"])).text
+    page = (await world.http.get(pending["interact"]["redirect"], headers=world.owner_headers)).text
     assert "No amount limit" in page and "anyone" in page
 
 
-async def test_consent_page_can_be_made_informational(tmp_path) -> None:
-    """With OPAY_CONSENT_PAGE_DECIDES=false only the operator API decides: the client that
-    received the link cannot approve its own grant."""
-    server = OpayServer(tmp_path, extra_env={"OPAY_CONSENT_PAGE_DECIDES": "false"}).start()
+async def test_on_defaults_the_client_cannot_approve_its_own_consent_page(tmp_path) -> None:
+    """Without OPAY_CONSENT_USER_HEADER (the default) only the operator API decides: the
+    client that received the link cannot approve its own grant, and gets no token."""
+    server = OpayServer(tmp_path, extra_env={"OPAY_CONSENT_USER_HEADER": ""}).start()
     try:
         async with httpx.AsyncClient(timeout=30) as http:
             world = await make_world(server, http)
@@ -416,11 +416,16 @@ async def test_consent_page_can_be_made_informational(tmp_path) -> None:
             body = {"access_token": {"access": [item]}, "client": world.client.wallet_address, "interact": {"start": ["redirect"]}}
             pending = (await world.client.request("POST", world.receiver["authServer"], json=body)).json()
             redirect = pending["interact"]["redirect"]
-            assert (await http.get(redirect)).status_code == 200
-            refused = await http.post(redirect + "/approve", follow_redirects=False)
-            assert refused.status_code == 403
+            page = await http.get(redirect, headers=world.owner_headers)
+            assert page.status_code == 200 and "/approve" not in page.text and "provider will decide" in page.text
+            for decision in ("/approve", "/deny"):
+                # Not even with a header a proxy would set: the server trusts none.
+                for headers in ({}, world.owner_headers):
+                    refused = await http.post(redirect + decision, headers=headers, follow_redirects=False)
+                    assert refused.status_code == 403, refused.text
+            await anyio.sleep(pending["continue"]["wait"] + 0.05)
             poll = await world.client.request("POST", pending["continue"]["uri"], token=pending["continue"]["access_token"]["value"])
-            assert "access_token" not in poll.json()
+            assert poll.status_code == 200 and set(poll.json()) == {"continue"}, poll.text  # still pending
             grant_id = pending["continue"]["uri"].rsplit("/", 1)[1]
             assert (await world.operator.post(f"/grants/{grant_id}/approve", {})).status_code == 200
     finally:

@@ -2,14 +2,16 @@
 
 `GET {auth}/interact/{grant_id}/{nonce}` shows who asks (the client's wallet address,
 and its public name when it is a wallet address of ours), for which wallet address, to
-do what, within which limits. Two forms post the decision. The first decision stands.
-After it the user goes back to the client's `interact.finish.uri` with `hash` and
-`interact_ref` (approved) or `result=grant_rejected` (denied); without a finish URI
-the page says what happened and the client learns it by polling.
+do what, within which limits. The first decision stands. After it the user goes back to
+the client's `interact.finish.uri` with `hash` and `interact_ref` (approved) or
+`result=grant_rejected` (denied); without a finish URI the page says what happened and
+the client learns it by polling.
 
-Whoever holds the page URL can decide the grant: it carries an unguessable nonce and
-is handed to the client for its user only. An ASE that authenticates its users puts
-its login in front of `/auth/interact/` or decides through the operator API instead.
+The client gets this URL too, so holding it decides nothing (see opay/auth/consent.py):
+the page offers approve / deny, and they count, only for the user the ASE's login proxy
+names in OPAY_CONSENT_USER_HEADER when that user owns the wallet addresses the grant
+names. Otherwise the page only shows the request and its POSTs answer 403; the ASE
+decides through the operator API, or its own consent app (OPAY_CONSENT_URL) does.
 Plain HTML, every value escaped, no script and no external asset.
 """
 
@@ -17,13 +19,15 @@ from __future__ import annotations
 
 import re
 from html import escape
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from opay.auth.access import AccessItem
-from opay.auth.grants import Decided, Grant, finish_redirect
+from opay.auth.consent import may_decide
+from opay.auth.grants import Decided, Grant, finish_redirect, with_query
 from opay.clock import now_ms
 from opay.domain.errors import DomainError
 from opay.domain.intervals import parse_interval
@@ -77,6 +81,52 @@ _STYLE = (
 def page_url(s: Services, grant: Grant) -> str:
     assert grant.interaction is not None
     return f"{s.settings.auth_server_url}/interact/{grant.id}/{grant.interaction.nonce}"
+
+
+def consent_app_url(consent_url: str, grant_id: str, nonce: str) -> str:
+    """The ASE's consent app for this grant: its URL with grantId and nonce added to any query it has."""
+    return with_query(consent_url, {"grantId": grant_id, "nonce": nonce})
+
+
+def interact_redirect(s: Services, grant: Grant) -> str:
+    """Where the client sends its user: the ASE's consent app if configured, else this page."""
+    assert grant.interaction is not None
+    if s.settings.consent_url:
+        return consent_app_url(s.settings.consent_url, grant.id, grant.interaction.nonce)
+    return page_url(s, grant)
+
+
+def _user(request: Request, header: str) -> bytes | None:
+    """The login proxy's user, as bytes sent; None if absent, empty or repeated (ambiguous)."""
+    values = request.headers.getlist(header)
+    return values[0].encode("latin-1") if len(values) == 1 and values[0] else None
+
+
+def _cross_site(request: Request, s: Services) -> bool:
+    """A browser's POST from another site (a form the client planted): the login's cookie
+    rides along, so refuse it. Browsers send Origin with every cross-origin POST."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return False
+    public = urlsplit(s.settings.public_url)
+    return origin != f"{public.scheme}://{public.netloc}"
+
+
+async def _page_decides(request: Request, s: Services, grant: Grant) -> bool:
+    """Whether this request's user may decide `grant` here. Owners are read from Redis,
+    not the wallet cache: the operator may have just changed one."""
+    if s.settings.consent_url or not s.settings.consent_user_header:
+        return False
+    user = _user(request, s.settings.consent_user_header)
+    if user is None:
+        return False
+    owners: list[str | None] = []
+    for item in grant.access:
+        if item.identifier is not None:
+            path = s.wallet_path(item.identifier)
+            wallet = None if path is None else await s.wallets.get(path)
+            owners.append(None if wallet is None else wallet.owner)
+    return may_decide(user, owners)
 
 
 def format_amount(value: str, asset_code: str, asset_scale: int) -> str:
@@ -165,6 +215,7 @@ async def _item_html(s: Services, item: AccessItem) -> str:
 
 
 _STATE_TEXT = {"approved": "approved", "finalized": "approved", "denied": "denied"}
+_PROVIDER_DECIDES = "Your provider will decide on this request: it asks you after you sign in with it."
 
 
 async def show(request: Request) -> Response:
@@ -177,22 +228,26 @@ async def show(request: Request) -> Response:
     if grant.state != "pending":
         decided = f"<p><strong>This request was already {_STATE_TEXT[grant.state]}.</strong></p>"
         return _page(f"Authorize {name}", f"<h1>Authorize {escape(name)}</h1><p>Requested by {client}.</p>{items}{decided}")
-    url = escape(page_url(s, grant))
-    forms = (
-        f'<form method="post" action="{url}/approve"><button type="submit" name="decision" value="approve">Approve</button></form>'
-        f'<form method="post" action="{url}/deny"><button type="submit" name="decision" value="deny">Deny</button></form>'
-    )
-    body = f"<h1>Authorize {escape(name)}</h1><p>{client} asks for this access:</p>{items}{forms}"
+    if await _page_decides(request, s, grant):
+        url = escape(page_url(s, grant))
+        decision = (
+            f'<form method="post" action="{url}/approve"><button type="submit" name="decision" value="approve">Approve</button></form>'
+            f'<form method="post" action="{url}/deny"><button type="submit" name="decision" value="deny">Deny</button></form>'
+        )
+    else:
+        decision = f"<p><strong>{_PROVIDER_DECIDES}</strong></p>"
+    body = f"<h1>Authorize {escape(name)}</h1><p>{client} asks for this access:</p>{items}{decision}"
     return _page(f"Authorize {name}", body)
 
 
 async def _decide(request: Request, approve: bool) -> Response:
     s = services(request)
-    if not s.settings.consent_page_decides:
-        # The page only informs; the ASE decides through the operator API after it has
-        # authenticated its user. Anyone holding the link (the client included) could
-        # otherwise approve.
-        return _page("Decided by your provider", "<h1>Not here</h1><p>Your provider records this decision.</p>", 403)
+    grant = await s.grants.interactive(request.path_params["grant_id"], request.path_params["nonce"])
+    if grant is None:
+        return _not_found()
+    if _cross_site(request, s) or not await _page_decides(request, s, grant):
+        # Whoever holds the link (the client included) is not thereby the wallet's owner.
+        return _page("Decided by your provider", f"<h1>Not here</h1><p>{_PROVIDER_DECIDES}</p>", 403)
     decided = await s.grants.decide(request.path_params["grant_id"], approve, now_ms(), nonce=request.path_params["nonce"])
     if decided is None:
         return _not_found()

@@ -123,6 +123,16 @@ async def _check_access(s: Services, access: list[AccessItem], interactive: bool
                 )
             if item.identifier is None:
                 raise ApiError(400, "invalid_request", "outgoing-payment access needs an identifier: the wallet address to pay from")
+        if "list-all" in item.actions:
+            # Enumerating a wallet's resources, other clients' too, is for its owner to
+            # allow. Reading one by URL (read-all) is not: a sender's ASE must read the
+            # incoming payment it pays, and the unguessable URL is the capability.
+            if not interactive:
+                raise ApiError(
+                    400, "invalid_request", f'list-all on {item.type} needs an interactive grant: send interact {{"start": ["redirect"]}}'
+                )
+            if item.identifier is None:
+                raise ApiError(400, "invalid_request", f"list-all on {item.type} needs an identifier: the wallet address to list")
         wallet = None if item.identifier is None else await s.wallet_by_url(item.identifier)
         if item.identifier is not None and wallet is None:
             raise ApiError(400, "invalid_request", f"identifier {item.identifier} is not a wallet address of this server")
@@ -227,7 +237,7 @@ async def request_grant(request: Request) -> Response:
             wire.encode(
                 {
                     "interact": {
-                        "redirect": consent.page_url(s, pending),
+                        "redirect": consent.interact_redirect(s, pending),
                         "finish": pending.interaction.finish_nonce,
                     },
                     "continue": _continue_view(s, pending, continue_token, wait=True),

@@ -35,11 +35,24 @@ IDEMPOTENCY_KEY_MAX = 256
 LIST_MAX = 1000
 
 
+# The login proxy's user name, as its header carries it: no control characters, no
+# surrounding space (HTTP strips it, so such an owner could never match).
+Owner = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=r"^[^\x00-\x20\x7f](?:[^\x00-\x1f\x7f]*[^\x00-\x20\x7f])?$")]
+
+
 class WalletAddressBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     path: str
     assetCode: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
     assetScale: Annotated[int, msgspec.Meta(ge=0, le=255)]
     publicName: str | None = None
+    owner: Owner | None = None
+
+
+class WalletAddressPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Absent: unchanged; null: cleared. The asset never changes."""
+
+    publicName: str | None | msgspec.UnsetType = msgspec.UNSET
+    owner: Owner | None | msgspec.UnsetType = msgspec.UNSET
 
 
 class KeyBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -88,15 +101,42 @@ async def create_wallet_address(request: Request) -> Response:
     segments = body.path.split("/")
     if _PATH.fullmatch(body.path) is None or segments[0] in _RESERVED or segments[-1] in _RESERVED_LAST:
         raise ApiError(400, "invalid_path", "path must be lowercase segments of [a-z0-9._~-] and not a reserved name")
-    wallet = WalletAddress(path=body.path, asset=Asset(body.assetCode, body.assetScale), public_name=body.publicName, created_at_ms=now_ms())
+    wallet = WalletAddress(
+        path=body.path, asset=Asset(body.assetCode, body.assetScale), public_name=body.publicName, owner=body.owner, created_at_ms=now_ms()
+    )
     if not await s.wallets.create(wallet):
         raise ApiError(409, "exists", f"wallet address {body.path} exists")
-    return json(201, document(s, wallet))
+    return json(201, _operator_view(s, wallet))
+
+
+def _operator_view(s: Services, wallet: WalletAddress) -> dict:
+    """The public document, and the owner, which only the operator sees."""
+    view = document(s, wallet)
+    if wallet.owner is not None:
+        view["owner"] = wallet.owner
+    return view
 
 
 async def list_wallet_addresses(request: Request) -> Response:
     s = _operator(request)
-    return json(200, {"result": [document(s, wallet) for wallet in await s.wallets.list(LIST_MAX)]})
+    return json(200, {"result": [_operator_view(s, wallet) for wallet in await s.wallets.list(LIST_MAX)]})
+
+
+async def patch_wallet_address(request: Request) -> Response:
+    """Change the public name or the owner (who may decide consent on the built-in page)."""
+    s = _operator(request)
+    path = request.path_params["path"]
+    body = wire.decode_body(await read_body(request, s.settings.body_max_bytes), WalletAddressPatch)
+    changes = {
+        field: value
+        for field, value in (("public_name", body.publicName), ("owner", body.owner))
+        if value is not msgspec.UNSET
+    }
+    wallet = await s.wallets.update(path, changes)
+    if wallet is None:
+        raise ApiError(404, "not_found", "no such wallet address")
+    s.forget_wallet(path)
+    return json(200, _operator_view(s, wallet))
 
 
 async def add_key(request: Request) -> Response:
@@ -232,6 +272,7 @@ ROUTES = [
     Route("/wallet-addresses", list_wallet_addresses, methods=["GET"]),
     Route("/wallet-addresses/{path:path}/keys/{kid}", revoke_key, methods=["DELETE"]),
     Route("/wallet-addresses/{path:path}/keys", add_key, methods=["POST"]),
+    Route("/wallet-addresses/{path:path}", patch_wallet_address, methods=["PATCH"]),
     Route("/credits", credit, methods=["POST"]),
     Route("/rates/{base}", put_rates, methods=["PUT"]),
     Route("/fees/{asset_code}", put_fees, methods=["PUT"]),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import redis
 from starlette.requests import Request
 
@@ -16,6 +18,9 @@ from opay.ilp.credentials import CredentialMint
 from opay.persistence.queries import Queries
 from opay.persistence.wallet_addresses import WalletAddress, WalletAddressStore
 from opay.settings import Settings
+
+
+WALLET_CACHE_SECONDS = 5.0
 
 
 class Services:
@@ -41,8 +46,10 @@ class Services:
         self.client_keys = client_keys
         self.mint = mint
         self.pricing = pricing
-        # Wallet addresses never change once created, so a hit never goes stale.
-        self._wallet_cache: dict[str, WalletAddress] = {}
+        # path -> (wallet, monotonic time read). A wallet's asset never changes; its public
+        # name and owner may (PATCH on the operator API, possibly served by another
+        # process), so a hit is kept briefly and decisions on the owner read Redis instead.
+        self._wallet_cache: dict[str, tuple[WalletAddress, float]] = {}
 
     def wallet_url(self, path: str) -> str:
         return f"{self.settings.public_url}/{path}"
@@ -52,15 +59,21 @@ class Services:
         return url[len(prefix) :] if url.startswith(prefix) and len(url) > len(prefix) else None
 
     async def wallet(self, path: str) -> WalletAddress | None:
+        """The wallet address, from a cache at most WALLET_CACHE_SECONDS old: fit for its
+        asset and for display, not for deciding who owns it (use self.wallets.get)."""
         hit = self._wallet_cache.get(path)
-        if hit is not None:
-            return hit
+        if hit is not None and time.monotonic() - hit[1] < WALLET_CACHE_SECONDS:
+            return hit[0]
         found = await self.wallets.get(path)
         if found is not None:
             if len(self._wallet_cache) > 100_000:
                 self._wallet_cache.clear()
-            self._wallet_cache[path] = found
+            self._wallet_cache[path] = (found, time.monotonic())
         return found
+
+    def forget_wallet(self, path: str) -> None:
+        """After an edit: this process sees it at once, others within WALLET_CACHE_SECONDS."""
+        self._wallet_cache.pop(path, None)
 
     async def wallet_by_url(self, url: str) -> WalletAddress | None:
         path = self.wallet_path(url)

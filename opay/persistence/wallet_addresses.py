@@ -1,9 +1,12 @@
-"""Wallet addresses and their public keys. Operator-managed, low rate: plain Redis, no actor."""
+"""Wallet addresses and their public keys. Operator-managed, low rate: plain Redis, no actor.
+
+The asset never changes once created; the public name and the owner are operator-editable."""
 
 from __future__ import annotations
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.exceptions import WatchError
 
 from opay.domain.amounts import Asset
 from opay.persistence import keys
@@ -13,6 +16,8 @@ class WalletAddress(msgspec.Struct, frozen=True, kw_only=True):
     path: str
     asset: Asset
     public_name: str | None = None
+    # Who may decide its consent on the built-in page: the login proxy's user name. None: nobody.
+    owner: str | None = None
     created_at_ms: int
 
 
@@ -45,6 +50,25 @@ class WalletAddressStore:
     async def get(self, path: str) -> WalletAddress | None:
         raw = await self._client.get(keys.wallet_address(path))
         return None if raw is None else _wallet_decoder.decode(raw)
+
+    async def update(self, path: str, changes: dict) -> WalletAddress | None:
+        """The wallet address with `changes` (fields of WalletAddress) applied, or None if
+        there is none. Compare-and-set: two concurrent edits of different fields both stand."""
+        key = keys.wallet_address(path)
+        async with self._client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    if raw is None:
+                        return None
+                    updated = msgspec.structs.replace(_wallet_decoder.decode(raw), **changes)
+                    pipe.multi()
+                    pipe.set(key, _encoder.encode(updated))
+                    await pipe.execute()
+                    return updated
+                except WatchError:
+                    continue
 
     async def list(self, limit: int) -> list[WalletAddress]:
         paths = await self._client.zrange(keys.WALLET_ADDRESSES, 0, limit - 1)

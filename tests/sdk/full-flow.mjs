@@ -4,8 +4,11 @@
 // local settlement, plus the deny path.
 //
 // Usage: node full-flow.mjs '<json config>'
-//   config: {receiverWalletAddress, senderWalletAddress, clientWalletAddress, keyId, privateKeyPem}
+//   config: {receiverWalletAddress, senderWalletAddress, clientWalletAddress, keyId, privateKeyPem,
+//            consentUserHeader, consentUser}
 //   The receiver and the sender hold the same asset; the sender's asset may carry a fee.
+//   The consent page is used as the sender's owner behind a login proxy: every request to
+//   it carries consentUserHeader: consentUser (the proxy's header naming the logged-in user).
 //
 // Prints one JSON line per step ({"step": ..., "ok": true, ...}); on the first failure prints
 // {"step": ..., "ok": false, "error": ...} and exits 1. Nothing is mocked.
@@ -19,7 +22,17 @@ import {
 } from '@interledger/open-payments'
 import { expectClientError, readConfig, report, run, step } from './lib.mjs'
 
-const config = readConfig(['receiverWalletAddress', 'senderWalletAddress', 'clientWalletAddress', 'keyId', 'privateKeyPem'])
+const config = readConfig([
+  'receiverWalletAddress',
+  'senderWalletAddress',
+  'clientWalletAddress',
+  'keyId',
+  'privateKeyPem',
+  'consentUserHeader',
+  'consentUser'
+])
+// What the ASE's login proxy adds to the owner's requests to the consent page.
+const LOGGED_IN = { [config.consentUserHeader]: config.consentUser }
 
 const FINISH_URI = 'http://127.0.0.1:1/callback'
 const POLL_TIMEOUT_MS = 20000
@@ -57,9 +70,9 @@ function unescapeHtml(text) {
   return text.replaceAll('&quot;', '"').replaceAll('&#x27;', "'").replaceAll('&lt;', '<').replaceAll('&gt;', '>').replaceAll('&amp;', '&')
 }
 
-// The consent page as a browser would get it: plain GET, no signature, no token.
+// The consent page as the owner's browser would get it through the login proxy: no signature, no token.
 async function consentPage(redirect) {
-  const response = await fetch(redirect, { redirect: 'manual' })
+  const response = await fetch(redirect, { redirect: 'manual', headers: LOGGED_IN })
   assert.equal(response.status, 200, `consent page answered ${response.status}`)
   assert.match(response.headers.get('content-type') ?? '', /^text\/html/)
   const html = await response.text()
@@ -77,7 +90,7 @@ async function decide(action, decision) {
   const response = await fetch(action, {
     method: 'POST',
     redirect: 'manual',
-    headers: { 'content-type': 'application/x-www-form-urlencoded' },
+    headers: { 'content-type': 'application/x-www-form-urlencoded', ...LOGGED_IN },
     body: `decision=${decision}`
   })
   assert.equal(response.status, 302, `${decision} answered ${response.status}: ${await response.text()}`)
@@ -220,7 +233,12 @@ async function main() {
     assert.equal(finish.searchParams.get('result'), null)
     assert.equal(hash, interactionHash(clientNonce, pending.interact.finish, interactRef, sender.authServer), 'the finish hash verifies')
     // The first decision stands.
-    const again = await fetch(actions.deny, { method: 'POST', redirect: 'manual', body: 'decision=deny', headers: { 'content-type': 'application/x-www-form-urlencoded' } })
+    const again = await fetch(actions.deny, {
+      method: 'POST',
+      redirect: 'manual',
+      body: 'decision=deny',
+      headers: { 'content-type': 'application/x-www-form-urlencoded', ...LOGGED_IN }
+    })
     assert.equal(again.status, 409)
     return { interactRef }
   })
