@@ -13,7 +13,7 @@ import httpx
 import redis.asyncio as aioredis
 import uvicorn
 
-from opay.actors import timers
+from opay.actors.timers import Timers
 from opay.actors.router import ShardRouter, Shards
 from opay.auth.client_keys import ClientKeys
 from opay.auth.grants import GrantStore
@@ -27,6 +27,7 @@ from opay.persistence import clients, keys
 from opay.persistence.queries import Queries
 from opay.persistence.wallet_addresses import WalletAddressStore
 from opay.settings import Settings
+from opay.supervision import supervise
 
 log = logging.getLogger("opay")
 
@@ -108,10 +109,11 @@ async def serve(settings: Settings, redis_url: str, shards: Shards, *, show_toke
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: [setattr(server, "should_exit", True) for server in servers])
+    due = Timers(client, router, settings.timer_batch_max)
     background = [
-        asyncio.create_task(timers.run(client, router, settings.timer_interval_seconds, settings.timer_batch_max)),
-        asyncio.create_task(_forget_revoked(client, introspector)),
-        asyncio.create_task(webhooks.run(client, settings)),
+        asyncio.create_task(supervise("timers", lambda: due.run(settings.timer_interval_seconds))),
+        asyncio.create_task(supervise("revocation listener", lambda: _forget_revoked(client, introspector))),
+        asyncio.create_task(supervise("webhooks", lambda: webhooks.run(client, settings))),
     ]
     announce = asyncio.create_task(_announce(settings, servers, show_token))
     try:

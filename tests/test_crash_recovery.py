@@ -16,6 +16,7 @@ import httpx
 import pytest
 import redis
 
+from opay.actors.routing import shard_of
 from opay.ilp.credentials import CredentialMint, b64url
 from opay.persistence import codec, keys
 from opay.settings import Settings
@@ -187,7 +188,7 @@ async def test_expiry_timer_survives_a_restart(own_server: OpayServer) -> None:
 
     stored = redis.Redis.from_url(server.redis_url)
     deadline = time.monotonic() + 20
-    while stored.zscore(keys.DUE, entity_id) is not None:
+    while stored.zscore(keys.due(shard_of(entity_id, 2)), entity_id) is not None:
         assert time.monotonic() < deadline, "the due timer did not fire after the restart"
         await anyio.sleep(0.1)
     state = codec.decode_state(stored.hget(keys.entity(entity_id), "s"))

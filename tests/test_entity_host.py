@@ -216,11 +216,11 @@ def test_expiry_leaves_the_due_set_with_the_write(embedded: EmbeddedRedis) -> No
     raw = client_for(embedded)
     host = host_for(embedded)
     entity_id = open_on(host, expires_in_ms=50)
-    assert raw.zscore(keys.DUE, entity_id) is not None
+    assert raw.zscore(keys.due(0), entity_id) is not None
     time.sleep(0.1)
     [reply] = handle(host, [ExpireIncomingPayment(entity_id)])
     assert reply == Nothing()
-    assert raw.zscore(keys.DUE, entity_id) is None and stored(raw, entity_id)[1].expired
+    assert raw.zscore(keys.due(0), entity_id) is None and stored(raw, entity_id)[1].expired
     assert credit(host_for(embedded), entity_id, 1, "late").outcome.refused_code == "expired"
 
 

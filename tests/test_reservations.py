@@ -99,7 +99,7 @@ class Cluster:
         return None if raw is None else codec.decode_state(raw)
 
     def due_at(self, entity_id: str) -> float | None:
-        return self.raw.zscore(keys.DUE, entity_id)
+        return self.raw.zscore(keys.due(0), entity_id)
 
 
 @pytest.fixture

@@ -25,6 +25,9 @@ from opay.persistence.snapshots import CONFLICT, LANDED, EntityWrite, SideEffect
 log = logging.getLogger("opay.entities")
 
 INTERNAL = Failed("unavailable", "internal_error", "the resource could not process this command; nothing changed")
+QUARANTINED = Failed(
+    "internal", "quarantined", "this resource's stored state cannot be read; it is set aside for the operator and nothing changed"
+)
 
 
 class Active(msgspec.Struct):
@@ -53,8 +56,10 @@ class Step:
         journal: dict[str, bytes],
         pending: dict[str, bytes],
         emit_events: bool = False,
+        shard: int = 0,
     ) -> None:
         self.entity_id = entity_id
+        self._shard = shard
         self._emit_events = emit_events
         self.now_ms = now_ms
         self.state = state
@@ -76,11 +81,18 @@ class Step:
         self.tells.append(Tell(command, self.entity_id if answer_me else None))
 
     def due(self, at_ms: int) -> None:
-        """Wake this entity at `at_ms` (timers survive restarts: the due set is in Redis)."""
-        self.effects.append(SideEffect("zadd", keys.DUE, at_ms, self.entity_id))
+        """Wake this entity at `at_ms` (timers survive restarts: the due set is in Redis).
+        Setting its own due time ends the timers' backoff for it."""
+        self.effects += [
+            SideEffect("zadd", keys.due(self._shard), at_ms, self.entity_id),
+            SideEffect("zrem", keys.due_tries(self._shard), b=self.entity_id),
+        ]
 
     def not_due(self) -> None:
-        self.effects.append(SideEffect("zrem", keys.DUE, b=self.entity_id))
+        self.effects += [
+            SideEffect("zrem", keys.due(self._shard), b=self.entity_id),
+            SideEffect("zrem", keys.due_tries(self._shard), b=self.entity_id),
+        ]
 
     def emit(self, event_type: str, state: codec.EntityState) -> None:
         """Queue a webhook event, durably and atomically with this step's state."""
@@ -97,8 +109,12 @@ Handler = Callable[[Command, object, Step], None]
 
 
 class EntityHost:
-    def __init__(self, store: SnapshotStore, handlers: dict[type, Handler], max_active: int, emit_events: bool = False) -> None:
-        assert max_active > 0
+    def __init__(
+        self, store: SnapshotStore, handlers: dict[type, Handler], max_active: int, emit_events: bool = False, shard: int = 0
+    ) -> None:
+        assert max_active > 0 and shard >= 0
+        self._shard = shard
+        self.quarantined = 0  # snapshots that could not be decoded, since start
         self._emit_events = emit_events
         self._store = store
         self._handlers = handlers
@@ -160,7 +176,7 @@ class EntityHost:
         asked: list[Tell] = []
         replies: list[Reply] = []
         for command in mailbox:
-            step = Step(entity_id, now_ms, state, journal, pending, self._emit_events)
+            step = Step(entity_id, now_ms, state, journal, pending, self._emit_events, self._shard)
             self._handlers[type(command)](command, state, step)
             assert step.reply is not None, f"{type(command).__name__} left no reply"
             state = step.state
@@ -195,10 +211,27 @@ class EntityHost:
             if found.snapshot is None:
                 present[entity_id] = None
                 continue
-            active = Active(found.version, codec.decode_state(found.snapshot), found.journal)
+            try:
+                state = codec.decode_state(found.snapshot)
+            except Exception as error:  # any decoder fault, not only msgspec's
+                self._quarantine(entity_id, error, replies, mailboxes[entity_id])
+                continue
+            active = Active(found.version, state, found.journal)
             present[entity_id] = active
             self._remember(entity_id, active)
         return present
+
+    def _quarantine(self, entity_id: str, error: Exception, replies: list[Reply | None], positions: list[int]) -> None:
+        """A snapshot that cannot be decoded fails only its own commands, with a clear
+        error, and is named for the operator; its batch-mates go on."""
+        self.quarantined += 1
+        log.error("entity %s quarantined: its snapshot cannot be decoded: %s", entity_id, error)
+        for position in positions:
+            replies[position] = QUARANTINED
+        try:
+            self._store.quarantine(entity_id, f"{type(error).__name__}: {error}")
+        except redis.RedisError:
+            pass  # the log line and the replies still say it; the next activation records it
 
     def _commit(
         self,

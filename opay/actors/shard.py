@@ -38,10 +38,10 @@ class Shard:
         self.index = index
         self._redis_url = redis_url
         client = clients.blocking(redis_url, redis_timeout_seconds)
-        self._host = EntityHost(SnapshotStore(client), HANDLERS, max_active, emit_events)
+        self._host = EntityHost(SnapshotStore(client), HANDLERS, max_active, emit_events, shard=index)
 
     def handle(self, batch: bytes) -> bytes:
         return encode(self._host.handle(decode_commands(batch), now_ms()))
 
     def stats(self) -> dict[str, int | str]:
-        return {"index": self.index, "active": self._host.active_count, "pid": os.getpid(), "redis_url": self._redis_url}
+        return {"index": self.index, "active": self._host.active_count, "pid": os.getpid(), "redis_url": self._redis_url, "quarantined": self._host.quarantined}

@@ -1,8 +1,15 @@
-"""Due times live in Redis (a sorted set), so timers survive any restart.
+"""Due times live in Redis (a sorted set per shard), so timers survive any restart.
 
 Firing a timer is just another command to the entity, through its mailbox: the entity
-decides whether it is really due. The due entry leaves the set atomically with that
-entity's write, so a crash between the two cannot lose or double a transition.
+decides whether it is really due, and sets its next due time (or clears it) atomically
+with its write, so a crash between the two cannot lose or double a transition.
+
+Every front end runs this loop. A pass claims due entries of each shard with a script
+that also moves each claimed entry later (a lease, doubling with each firing that left
+the entity's due time unset, up to a cap), so two front ends do not fire one entry at
+once, and entries that cannot progress (a stopped shard, a broken entity) back off
+instead of being taken first every second and starving the others. A pass that made no
+progress sleeps.
 """
 
 from __future__ import annotations
@@ -13,12 +20,7 @@ import logging
 import redis
 import redis.asyncio as aioredis
 
-from opay.actors.messages import (
-    ExpireIncomingPayment,
-    Failed,
-    ResumeGrantSpend,
-    ResumeOutgoingPayment,
-)
+from opay.actors.messages import ExpireIncomingPayment, Failed, ResumeGrantSpend, ResumeOutgoingPayment
 from opay.actors.router import ShardRouter
 from opay.clock import now_ms
 from opay.persistence import keys
@@ -27,24 +29,71 @@ log = logging.getLogger("opay.timers")
 
 # By entity-id prefix. A grant is due while a reservation waits for its payment to confirm it.
 FIRE = {"ip": ExpireIncomingPayment, "op": ResumeOutgoingPayment, "grant": ResumeGrantSpend}
+LEASE_BASE_MS = 2_000
+LEASE_MAX_MS = 60_000
+# Answers after which an entry is dropped: nothing there, or set aside for the operator.
+_GONE = {"not_found", "quarantined"}
+
+# KEYS[1] due set, KEYS[2] tries; ARGV[1] now, ARGV[2] how many, ARGV[3] base, ARGV[4] max.
+_CLAIM = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, member in ipairs(due) do
+  local tries = tonumber(redis.call('ZINCRBY', KEYS[2], 1, member))
+  local lease = math.min(tonumber(ARGV[4]), tonumber(ARGV[3]) * 2 ^ math.min(tries - 1, 30))
+  redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + lease, member)
+end
+return due
+"""
 
 
-async def fire_due(client: aioredis.Redis, router: ShardRouter, batch_max: int) -> int:
-    due = [member.decode() for member in await client.zrangebyscore(keys.DUE, "-inf", now_ms(), start=0, num=batch_max)]
-    replies = await asyncio.gather(*(router.ask(FIRE[entity_id.split(":", 1)[0]](entity_id)) for entity_id in due))
-    orphans = [entity_id for entity_id, reply in zip(due, replies) if isinstance(reply, Failed) and reply.kind == "not_found"]
-    if orphans:
-        await client.zrem(keys.DUE, *orphans)
-    return len(due)
+class Timers:
+    def __init__(self, client: aioredis.Redis, router: ShardRouter, batch_max: int) -> None:
+        assert batch_max > 0
+        self._client = client
+        self._router = router
+        self._batch_max = batch_max
+        self._claim = client.register_script(_CLAIM)
 
+    @property
+    def _per_shard(self) -> int:
+        return max(1, self._batch_max // self._router.shard_count)
 
-async def run(client: aioredis.Redis, router: ShardRouter, interval_seconds: float, batch_max: int) -> None:
-    assert interval_seconds > 0 and batch_max > 0
-    while True:
-        try:
-            fired = await fire_due(client, router, batch_max)
-        except redis.RedisError as error:
-            log.warning("timers paused: %s", error)
-            fired = 0
-        if fired < batch_max:
-            await asyncio.sleep(interval_seconds)
+    async def fire_due(self, n: int) -> tuple[int, int]:
+        """One pass over shard n's due entries: (entries fired, entries that progressed)."""
+        due_key, tries_key = keys.due(n), keys.due_tries(n)
+        args = [now_ms(), self._per_shard, LEASE_BASE_MS, LEASE_MAX_MS]
+        claimed = [m.decode() for m in await self._claim(keys=[due_key, tries_key], args=args)]
+        if not claimed:
+            return 0, 0
+        commands = {e: FIRE.get(e.split(":", 1)[0]) for e in claimed}
+        unknown = [e for e, fire in commands.items() if fire is None]
+        if unknown:
+            log.error("timers: dropping due entries of no known kind: %s", unknown[:10])
+        firing = [e for e, fire in commands.items() if fire is not None]
+        replies = await asyncio.gather(*(self._router.ask(commands[e](e)) for e in firing))  # type: ignore[misc]
+        gone = unknown + [e for e, reply in zip(firing, replies) if isinstance(reply, Failed) and reply.code in _GONE]
+        if gone:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.zrem(due_key, *gone)
+            pipe.zrem(tries_key, *gone)
+            await pipe.execute()
+        stuck = sum(1 for reply in replies if isinstance(reply, Failed) and reply.kind in ("unavailable", "internal"))
+        if stuck:
+            log.warning("timers: %d of %d due entries of shard %d did not progress; they back off", stuck, len(claimed), n)
+        return len(claimed), len(claimed) - stuck
+
+    async def run(self, interval_seconds: float) -> None:
+        """One loop per shard, so a stopped shard delays no other shard's timers."""
+        assert interval_seconds > 0
+        await asyncio.gather(*(self._run_shard(n, interval_seconds) for n in range(self._router.shard_count)))
+
+    async def _run_shard(self, n: int, interval_seconds: float) -> None:
+        while True:
+            try:
+                fired, progressed = await self.fire_due(n)
+            except redis.RedisError as error:
+                log.warning("timers of shard %d paused: %s", n, error)
+                fired = progressed = 0
+            # Straight on only while whole batches are due and moving.
+            if fired < self._per_shard or progressed == 0:
+                await asyncio.sleep(interval_seconds)

@@ -9,15 +9,16 @@ from starlette.exceptions import HTTPException
 from opay.domain.errors import DomainError
 from opay.http import errors, gnap, ilp, incoming_payments, operator, outgoing_payments, quotes, wallet_addresses
 from opay.http.services import Services
+from opay.persistence.queries import Unreadable
 
 
 def _exception_handlers() -> dict:
     return {
         errors.ApiError: errors.handle_api_error,
         DomainError: errors.handle_domain_error,
-        redis.ConnectionError: errors.handle_unavailable,
-        redis.TimeoutError: errors.handle_unavailable,
-        redis.BusyLoadingError: errors.handle_unavailable,
+        # Any Redis failure, a ResponseError such as OOM included, is an outage: 503.
+        redis.RedisError: errors.handle_unavailable,
+        Unreadable: errors.handle_unreadable,
         HTTPException: errors.handle_not_found,
         Exception: errors.handle_unexpected,
     }

@@ -8,7 +8,15 @@ from starlette.responses import Response
 
 from opay.domain.errors import DomainError
 
-STATUS_OF_KIND = {"invalid": 400, "conflict": 409, "not_found": 404, "forbidden": 403, "unauthorized": 401, "unavailable": 503}
+STATUS_OF_KIND = {
+    "invalid": 400,
+    "conflict": 409,
+    "not_found": 404,
+    "forbidden": 403,
+    "unauthorized": 401,
+    "unavailable": 503,
+    "internal": 500,  # e.g. a quarantined entity: the server's own data needs the operator
+}
 
 
 class ApiError(Exception):
@@ -57,6 +65,10 @@ async def handle_not_found(request: Request, exc: Exception) -> Response:
     if status == 405:
         return error_response(405, "method_not_allowed", "method not allowed for this resource")
     return error_response(404, "not_found", "no such resource")
+
+
+async def handle_unreadable(request: Request, exc: Exception) -> Response:
+    return error_response(500, "quarantined", "a stored resource cannot be read; it is set aside for the operator")
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:

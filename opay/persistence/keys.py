@@ -3,7 +3,20 @@
 from __future__ import annotations
 
 PREFIX = "opay"
-DUE = f"{PREFIX}:due"
+
+
+def due(shard: int) -> str:
+    """A sorted set per shard: entity id -> when its timer fires (ms). The hash tag keeps
+    it in one slot with its tries set on Redis Cluster."""
+    return f"{PREFIX}:due:{{s{shard}}}"
+
+
+def due_tries(shard: int) -> str:
+    """A sorted set per shard: entity id -> firings since the entity last set its due time."""
+    return f"{PREFIX}:due-tries:{{s{shard}}}"
+
+
+QUARANTINE = f"{PREFIX}:quarantine"  # entity id -> why its snapshot could not be read
 
 
 def entity(entity_id: str) -> str:

@@ -47,6 +47,20 @@ class CursorNotFound(Exception):
     pass
 
 
+class Unreadable(Exception):
+    """A stored snapshot that cannot be decoded: the shard quarantines it; a read says so."""
+
+    def __init__(self, what: str, error: Exception) -> None:
+        super().__init__(f"{what}: {type(error).__name__}: {error}")
+
+
+def _decode(raw: bytes, what: str) -> codec.EntityState:
+    try:
+        return codec.decode_state(raw)
+    except Exception as error:  # any decoder fault, not only msgspec's
+        raise Unreadable(what, error) from None
+
+
 class Queries:
     def __init__(self, client: aioredis.Redis) -> None:
         self._client = client
@@ -54,7 +68,7 @@ class Queries:
 
     async def entity(self, entity_id: str) -> codec.EntityState | None:
         raw = await self._client.hget(keys.entity(entity_id), "s")
-        return None if raw is None else codec.decode_state(raw)
+        return None if raw is None else _decode(raw, entity_id)
 
     async def page(self, index_key: str, cursor: str | None, direction: str, count: int) -> Page:
         assert direction in ("first", "last") and 1 <= count <= 100
@@ -62,6 +76,6 @@ class Queries:
         start, total = int(answer[0]), int(answer[1])
         if start < 0:
             raise CursorNotFound(cursor)
-        items = [codec.decode_state(raw) for raw in answer[2:] if raw]
+        items = [_decode(raw, f"an item of {index_key}") for raw in answer[2:] if raw]
         stop = start + len(answer) - 2
         return Page(items=items, has_previous=start > 0, has_next=stop < total)

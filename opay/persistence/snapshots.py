@@ -106,6 +106,9 @@ class SnapshotStore:
             )
         return loaded
 
+    def quarantine(self, entity_id: str, reason: str) -> None:
+        self._client.hset(keys.QUARANTINE, entity_id, reason[:1000])
+
     def write_many(self, writes: list[EntityWrite]) -> list[str]:
         """LANDED, CONFLICT or UNKNOWN per write, in order. Writes whose fate the first
         round trip left unknown are asked about once more before UNKNOWN is reported."""
