@@ -23,6 +23,7 @@ from opay.http.app import operator_app, public_app
 from opay.http.pricing import Pricing
 from opay.http.services import Services
 from opay.ilp.credentials import SECRET_BYTES, CredentialMint
+from opay.net.fetch import Fetcher, FetchPolicy
 from opay.persistence import clients, keys
 from opay.persistence.queries import Queries
 from opay.persistence.wallet_addresses import WalletAddressStore
@@ -68,6 +69,7 @@ async def _forget_revoked(client: aioredis.Redis, introspector: Introspector) ->
 async def serve(settings: Settings, redis_url: str, shards: Shards, *, show_token: bool) -> None:
     client = clients.asynchronous(redis_url, settings.redis_timeout_seconds)
     http = httpx.AsyncClient(limits=httpx.Limits(max_connections=100))
+    fetcher = Fetcher(FetchPolicy.from_settings(settings))  # every URL a client supplies, never `http`
     wallets = WalletAddressStore(client)
     grants = GrantStore(client, settings.access_token_seconds)
     introspector = Introspector(
@@ -89,13 +91,7 @@ async def serve(settings: Settings, redis_url: str, shards: Shards, *, show_toke
         wallets=wallets,
         grants=grants,
         introspector=introspector,
-        client_keys=ClientKeys(
-            public_url=settings.public_url,
-            wallets=wallets,
-            http=http,
-            cache_seconds=settings.jwks_cache_seconds,
-            timeout_seconds=settings.jwks_fetch_timeout_seconds,
-        ),
+        client_keys=ClientKeys(public_url=settings.public_url, wallets=wallets, fetcher=fetcher, cache_seconds=settings.jwks_cache_seconds),
         mint=CredentialMint(await stream_secret(client, settings), settings.ilp_address),
         pricing=Pricing(client, http, rates_url=settings.rates_url, cache_seconds=settings.rates_cache_seconds),
     )
@@ -124,6 +120,7 @@ async def serve(settings: Settings, redis_url: str, shards: Shards, *, show_toke
         await asyncio.gather(*background, announce, return_exceptions=True)
         await router.close()
         await http.aclose()
+        await fetcher.aclose()
         await client.aclose()
 
 

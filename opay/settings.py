@@ -48,7 +48,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     introspection_cache_seconds: float = 5.0
     introspection_timeout_seconds: float = 2.0
     jwks_cache_seconds: float = 30.0
-    jwks_fetch_timeout_seconds: float = 2.0
+    # Fetches of URLs a client supplies (its wallet address's keys; opay/net/fetch.py):
+    allow_insecure_fetch: bool = False  # true: http as well as https (tests, local demos only)
+    fetch_allow: str = ""  # comma-separated hosts, IPs, CIDRs that may be loopback/private/link-local
+    fetch_max_bytes: int = 64 * 1024  # a longer answer is refused, never read to its end
+    fetch_timeout_seconds: float = 2.0  # one deadline per fetch: resolution, connect and whole body
     batch_max: int = 256
     batches_in_flight: int = 2
     # Every command to a shard is answered within this, queue wait included (503 after).
@@ -128,6 +132,11 @@ def from_environment(environ: dict[str, str] | None = None) -> Settings:
         )
     if settings.consent_url and urlsplit(settings.consent_url).scheme not in ("http", "https"):
         raise ValueError("OPAY_CONSENT_URL must be an http(s) URL")
+    if settings.fetch_max_bytes <= 0 or settings.fetch_timeout_seconds <= 0:
+        raise ValueError("OPAY_FETCH_MAX_BYTES and OPAY_FETCH_TIMEOUT_SECONDS must be positive")
+    from opay.net.fetch import parse_allow
+
+    parse_allow(settings.fetch_allow)  # a ValueError names the entry that is not a host, IP or CIDR
     if not settings.operator_token:
         settings = msgspec.structs.replace(settings, operator_token=secrets.token_urlsafe(24))
     return settings

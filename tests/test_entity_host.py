@@ -72,8 +72,13 @@ def open_on(host: EntityHost, incoming_amount: int | None = 100, expires_in_ms: 
 
 
 def credit(host: EntityHost, entity_id: str, amount: int, key: str):
-    [reply] = handle(host, [CreditIncomingPayment(entity_id, amount, key)])
+    [reply] = handle(host, [CreditIncomingPayment(entity_id, amount, "operator", key)])
     return reply
+
+
+def operator_key(key: str) -> bytes:
+    """The journal field of an operator credit's idempotency key."""
+    return incoming_payments.journal_key("operator", key).encode()
 
 
 def stored(raw: redis.Redis, entity_id: str) -> tuple[int, rules.IncomingPayment, dict[bytes, bytes]]:
@@ -95,17 +100,17 @@ def test_a_stale_activation_cannot_overwrite_a_newer_version(embedded: EmbeddedR
     # a still believes version 1. Its write, batched with a write to an entity it holds
     # correctly, must lose alone: the newer state stays and nothing of a's lands.
     assert a.active_count == 2
-    replies = handle(a, [CreditIncomingPayment(entity_id, 5, "a-1"), CreditIncomingPayment(other_id, 7, "a-2")])
+    replies = handle(a, [CreditIncomingPayment(entity_id, 5, "operator", "a-1"), CreditIncomingPayment(other_id, 7, "operator", "a-2")])
     assert replies[0] == CONFLICT_RETRY
     assert isinstance(replies[1], Credited) and replies[1].outcome.received == 7
     version, state, journal = stored(raw, entity_id)
-    assert version == 2 and state.received == 10 and set(journal) == {b"b-1"}
+    assert version == 2 and state.received == 10 and set(journal) == {operator_key("b-1")}
     assert a.active_count == 1  # the stale copy was evicted, the good one kept
 
     # A refusal is also a write (its journal entry), so a stale host cannot answer one either.
     reply = credit(b, entity_id, 90, "b-2")
     assert isinstance(reply, Credited) and reply.outcome.completed and stored(raw, entity_id)[0] == 3
-    [stale] = handle(b, [CreditIncomingPayment(other_id, 1000, "b-3")])  # b loads other at v2
+    [stale] = handle(b, [CreditIncomingPayment(other_id, 1000, "operator", "b-3")])  # b loads other at v2
     assert isinstance(stale, Credited) and stale.outcome.refused_code == "cap_exceeded"
     assert stored(raw, other_id)[0] == 3  # the refusal's journal entry moved the version
     assert credit(a, other_id, 1, "a-3") == CONFLICT_RETRY  # a's copy (v2) is stale now
@@ -118,7 +123,7 @@ def test_a_stale_activation_cannot_overwrite_a_newer_version(embedded: EmbeddedR
     assert isinstance(retried, Credited) and retried.outcome.refused_code == "completed"
     version, state, journal = stored(raw, entity_id)
     assert version == 4 and state.received == 100 and state.completed
-    assert codec.decode(journal[b"a-1"], rules.CreditOutcome) == retried.outcome
+    assert codec.decode(journal[operator_key("a-1")], rules.CreditOutcome) == retried.outcome
 
 
 def test_redis_down_replies_unavailable_and_evicts(embedded: EmbeddedRedis) -> None:
@@ -138,7 +143,7 @@ def test_redis_down_replies_unavailable_and_evicts(embedded: EmbeddedRedis) -> N
     embedded.start()  # same dir and port: the AOF is replayed
     raw = client_for(embedded)
     version, state, journal = stored(raw, entity_id)
-    assert (version, state.received, set(journal)) == (2, 3, {b"k-1"})
+    assert (version, state.received, set(journal)) == (2, 3, {operator_key("k-1")})
     assert credit(host, entity_id, 3, "k-1").outcome.received == 3  # first outcome, not re-applied
     assert credit(host, entity_id, 4, "k-2").outcome.received == 7
     assert stored(raw, entity_id)[:2] == (3, rules.IncomingPayment(**{**_fields(state), "received": 7}))
@@ -176,7 +181,7 @@ def test_a_write_whose_answer_is_lost_is_applied_once(embedded: EmbeddedRedis) -
     retried = credit(host, entity_id, 5, "during")
     assert isinstance(retried, Credited) and retried.outcome.accepted and retried.outcome.received == 6
     version, state, journal = stored(raw, entity_id)
-    assert state.received == 6 and version == 3 and set(journal) == {b"before", b"during"}
+    assert state.received == 6 and version == 3 and set(journal) == {operator_key("before"), operator_key("during")}
 
 
 def test_journal_replays_after_reactivation(embedded: EmbeddedRedis) -> None:
@@ -187,10 +192,10 @@ def test_journal_replays_after_reactivation(embedded: EmbeddedRedis) -> None:
     replies = handle(
         first,
         [
-            CreditIncomingPayment(entity_id, 6, "k-1"),
-            CreditIncomingPayment(entity_id, 6, "k-1"),
-            CreditIncomingPayment(entity_id, 5, "k-2"),
-            CreditIncomingPayment(entity_id, 4, "k-3"),
+            CreditIncomingPayment(entity_id, 6, "operator", "k-1"),
+            CreditIncomingPayment(entity_id, 6, "operator", "k-1"),
+            CreditIncomingPayment(entity_id, 5, "operator", "k-2"),
+            CreditIncomingPayment(entity_id, 4, "operator", "k-3"),
         ],
     )
     outcomes = [reply.outcome for reply in replies]
@@ -201,7 +206,7 @@ def test_journal_replays_after_reactivation(embedded: EmbeddedRedis) -> None:
     assert version_before == 2, "one batch is one write"
 
     second = host_for(embedded)  # a fresh activation reads snapshot and journal from Redis
-    again = handle(second, [CreditIncomingPayment(entity_id, amount, key) for amount, key in ((6, "k-1"), (5, "k-2"), (4, "k-3"))])
+    again = handle(second, [CreditIncomingPayment(entity_id, amount, "operator", key) for amount, key in ((6, "k-1"), (5, "k-2"), (4, "k-3"))])
     assert [reply.outcome for reply in again] == [outcomes[0], outcomes[2], outcomes[3]]
     reused = credit(second, entity_id, 7, "k-1")
     assert isinstance(reused, Failed) and reused.code == "idempotency_key_reused" and reused.kind == "conflict"
@@ -209,7 +214,7 @@ def test_journal_replays_after_reactivation(embedded: EmbeddedRedis) -> None:
     assert new.outcome.refused_code == "completed" and new.outcome.received == 10
     version, state, journal = stored(raw, entity_id)
     assert state.received == 10 and version == version_before + 1  # only k-4's refusal was written
-    assert set(journal) == {b"k-1", b"k-2", b"k-3", b"k-4"}
+    assert set(journal) == {operator_key(f"k-{n}") for n in range(1, 5)}
 
 
 def test_expiry_leaves_the_due_set_with_the_write(embedded: EmbeddedRedis) -> None:
@@ -231,7 +236,7 @@ def test_lru_passivation_keeps_at_most_max_active(embedded: EmbeddedRedis) -> No
     assert host.active_count == 3
 
     # One batch touching more entities than fit: every command still applies and commits.
-    replies = handle(host, [CreditIncomingPayment(entity_id, 1, f"{entity_id}-1") for entity_id in ids])
+    replies = handle(host, [CreditIncomingPayment(entity_id, 1, "operator", f"{entity_id}-1") for entity_id in ids])
     assert all(isinstance(reply, Credited) and reply.outcome.received == 1 for reply in replies)
     assert host.active_count == 3
 
@@ -257,7 +262,7 @@ def test_a_command_that_fails_in_its_rules_does_not_take_its_batch_mates_down(em
         correct(command, state, step)
 
     host = EntityHost(SnapshotStore(client_for(embedded)), {**incoming_payments.HANDLERS, CreditIncomingPayment: buggy_for_one}, 1000)
-    replies = handle(host, [CreditIncomingPayment(good, 5, "a"), CreditIncomingPayment(bad, 5, "b"), CreditIncomingPayment(good, 7, "c")])
+    replies = handle(host, [CreditIncomingPayment(good, 5, "operator", "a"), CreditIncomingPayment(bad, 5, "operator", "b"), CreditIncomingPayment(good, 7, "operator", "c")])
     assert replies[1] == INTERNAL
     assert [reply.outcome.received for reply in (replies[0], replies[2])] == [5, 12]
     raw = client_for(embedded)

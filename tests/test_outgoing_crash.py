@@ -33,6 +33,7 @@ import redis
 import redis.asyncio as aioredis
 
 from opay.actors.routing import shard_of
+from opay.actors.incoming_payments import journal_key
 from opay.domain.grant_spend import GrantSpend, Reservation
 from opay.domain.incoming_payment import CreditOutcome
 from opay.domain.outgoing_payment import Abandoned, OutgoingPayment
@@ -299,8 +300,8 @@ async def test_kill9_mid_flow_loses_no_outgoing_payment_and_settles_none_twice(o
                     assert view["completed"] == (received == CAP)
                 journal = await store.hgetall(keys.journal(f"ip:{uuid_of(receiver['id'])}"))
                 outcomes = {k.decode(): codec.decode(v, CreditOutcome) for k, v in journal.items()}
-                assert {k for k, o in outcomes.items() if o.accepted} == {f"op:{p.id}" for p in paying}
-                assert {k for k, o in outcomes.items() if not o.accepted} == {f"op:{p.id}" for p in refused}
+                assert {k for k, o in outcomes.items() if o.accepted} == {journal_key("settlement", p.id) for p in paying}
+                assert {k for k, o in outcomes.items() if not o.accepted} == {journal_key("settlement", p.id) for p in refused}
 
             # 6. The grant: one reservation per payment, released once by each failed one; every
             # reservation without a payment is given back once the grant's timer has asked about it.

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 from opay.actors.entity import Step
 from opay.actors.messages import (
     CompleteIncomingPayment,
     CreditIncomingPayment,
     Credited,
+    CreditSource,
     ExpireIncomingPayment,
     Failed,
     Nothing,
@@ -42,14 +45,30 @@ def open_payment(command: OpenIncomingPayment, state: rules.IncomingPayment | No
     step.reply = State(payment)
 
 
+SOURCES = frozenset(get_args(CreditSource))
+
+
+def journal_key(source: str, key: str) -> str:
+    """The one place a credit's journal entry is named: `<source>:<key>`. The sources'
+    prefixes differ and none is a prefix of another, so an operator's idempotency key
+    (whatever it says) never names a settlement's entry or an ILP connection's window."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown credit source {source!r}")
+    return f"{source}:{key}"
+
+
 def credit(command: CreditIncomingPayment, state: rules.IncomingPayment | None, step: Step) -> None:
     if state is None:
         step.reply = NOT_FOUND
         return
-    if command.connection:
+    if command.source == "ilp":
         _credit_packet(command, state, step)
         return
-    first = step.journal_entry(command.idempotency_key)
+    if not command.idempotency_key or command.connection:
+        step.reply = Failed("invalid", "invalid_request", "a credit needs an idempotency key")
+        return
+    key = journal_key(command.source, command.idempotency_key)
+    first = step.journal_entry(key)
     if first is not None:
         outcome = codec.decode(first, rules.CreditOutcome)
         if outcome.amount != command.amount:
@@ -64,13 +83,16 @@ def credit(command: CreditIncomingPayment, state: rules.IncomingPayment | None, 
         return
     outcome = _apply(command, state, step)
     if outcome is not None:
-        step.record(command.idempotency_key, codec.encode(outcome))
+        step.record(key, codec.encode(outcome))
 
 
 def _credit_packet(command: CreditIncomingPayment, state: rules.IncomingPayment, step: Step) -> None:
     """An ILP packet: a sequence seen on this connection is a replay and credits nothing.
     Only accepted packets are marked, so a refused one may be sent again."""
-    key = f"ilpc:{command.connection}"
+    if not command.connection or command.sequence < 0:
+        step.reply = Failed("invalid", "invalid_request", "an ILP credit needs its connection and sequence")
+        return
+    key = journal_key("ilp", command.connection)
     raw = step.journal_entry(key)
     window = ReplayWindow() if raw is None else codec.decode(raw, ReplayWindow)
     if was_seen(window, command.sequence):

@@ -9,6 +9,8 @@ committed state and a due time, so its timer asks again (answers are idempotent)
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 
 from opay.domain.amounts import Asset
@@ -24,12 +26,20 @@ class OpenIncomingPayment(msgspec.Struct, frozen=True, tag="ip.open"):
     payment: EntityState
 
 
+# Who credits: the operator API, an outgoing payment's settlement, or the ILP receiver.
+# Each has a journal namespace of its own (incoming_payments.journal_key), so no key one
+# of them is given can name another's entry.
+CreditSource = Literal["operator", "settlement", "ilp"]
+
+
 class CreditIncomingPayment(msgspec.Struct, frozen=True, tag="ip.credit"):
     """A credit, deduplicated by its idempotency key (kept for good), or, for ILP packets,
-    by (connection, sequence) in a bounded replay window per connection."""
+    by (connection, sequence) in a bounded replay window per connection. `source` is set
+    by the code path that sends it, never taken from the input."""
 
     entity_id: str
     amount: int
+    source: CreditSource
     idempotency_key: str = ""
     connection: str = ""
     sequence: int = -1

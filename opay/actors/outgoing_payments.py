@@ -1,10 +1,10 @@
 """How an outgoing payment entity answers, and how it settles.
 
 Settlement runs here, not in a polling loop: funding makes the payment ask the
-receiver's entity for a credit (keyed by the payment id, so it lands once); the answer
-completes or fails it; a failure gives the grant its share back. Whatever the payment
-still waits on is in its committed state with a due time, so after any crash its timer
-asks again.
+receiver's entity for a credit (keyed by the payment id in the settlement namespace of
+the receiver's journal, so it lands once); the answer completes or fails it; a failure
+gives the grant its share back. Whatever the payment still waits on is in its committed
+state with a due time, so after any crash its timer asks again.
 
 The grant reserved this payment's share before the open; the open confirms it. A grant
 that heard nothing asks (CheckReservation), and the answer here is final because this
@@ -52,7 +52,7 @@ def _pursue(payment: rules.OutgoingPayment, step: Step) -> None:
     """Ask for whatever the payment still waits on, and come back later if unanswered."""
     step.state = payment
     if payment.phase == "sending":
-        step.tell(CreditIncomingPayment(receiver_entity(payment.receiver), payment.receive, f"op:{payment.id}"))
+        step.tell(CreditIncomingPayment(receiver_entity(payment.receiver), payment.receive, "settlement", payment.id))
         step.due(step.now_ms + RETRY_MS)
     elif payment.phase == "failed" and not payment.grant_released:
         step.tell(ReleaseSpend(grant_entity(payment.grant_id), payment.id))

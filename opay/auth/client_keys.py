@@ -1,12 +1,16 @@
-"""A client's public keys: its wallet address's JWKS, local or fetched, cached briefly."""
+"""A client's public keys: its wallet address's JWKS, local or fetched, cached briefly.
+
+A wallet address under our public URL is looked up in-process, never over HTTP; any
+other is fetched under the fetch policy (opay/net/fetch.py).
+"""
 
 from __future__ import annotations
 
 import time
 
-import httpx
 import msgspec
 
+from opay.net.fetch import Fetcher, FetchUnavailable, FetchUnusable
 from opay.persistence.wallet_addresses import Jwk, WalletAddressStore
 
 
@@ -14,22 +18,34 @@ class KeysUnavailable(Exception):
     """The client's wallet address could not be asked: an outage, not a bad signature."""
 
 
+class ClientUnusable(Exception):
+    """The client's wallet address cannot give keys (refused by policy, or a bad answer): its fault."""
+
+    def __init__(self, wallet_address: str, reason: str) -> None:
+        super().__init__(reason)
+        self.wallet_address = wallet_address
+        self.reason = reason
+
+
 class _Jwks(msgspec.Struct):
-    keys: list[Jwk]
+    keys: list[dict]  # a key we cannot use (another kind, malformed) is skipped, not fatal
 
 
-_jwks_decoder = msgspec.json.Decoder(_Jwks)
+def _usable(raw: dict) -> Jwk | None:
+    try:
+        return msgspec.convert(raw, Jwk)
+    except msgspec.ValidationError:
+        return None
 
 
 class ClientKeys:
     def __init__(
-        self, *, public_url: str, wallets: WalletAddressStore, http: httpx.AsyncClient, cache_seconds: float, timeout_seconds: float
+        self, *, public_url: str, wallets: WalletAddressStore, fetcher: Fetcher, cache_seconds: float
     ) -> None:
         self._prefix = public_url + "/"
         self._wallets = wallets
-        self._http = http
+        self._fetcher = fetcher
         self._cache_seconds = cache_seconds
-        self._timeout = timeout_seconds
         self._cache: dict[str, tuple[float, dict[str, Jwk]]] = {}
 
     async def key(self, wallet_address_url: str, kid: str) -> Jwk | None:
@@ -49,15 +65,12 @@ class ClientKeys:
     async def _fetch(self, wallet_address_url: str) -> list[Jwk]:
         if wallet_address_url.startswith(self._prefix):
             return await self._wallets.keys_of(wallet_address_url[len(self._prefix) :])
+        if "?" in wallet_address_url or "#" in wallet_address_url:
+            raise ClientUnusable(wallet_address_url, "a wallet address has no query or fragment")
         try:
-            response = await self._http.get(f"{wallet_address_url}/jwks.json", timeout=self._timeout)
-        except httpx.HTTPError as error:
+            jwks = await self._fetcher.fetch_json(f"{wallet_address_url}/jwks.json", _Jwks)
+        except FetchUnavailable as error:
             raise KeysUnavailable(str(error)) from None
-        if response.status_code == 404:
-            return []
-        if response.status_code != 200:
-            raise KeysUnavailable(f"{wallet_address_url}/jwks.json answered {response.status_code}")
-        try:
-            return _jwks_decoder.decode(response.content).keys
-        except msgspec.MsgspecError:
-            return []
+        except FetchUnusable as error:
+            raise ClientUnusable(wallet_address_url, str(error)) from None
+        return [jwk for jwk in map(_usable, jwks.keys) if jwk is not None]

@@ -26,7 +26,9 @@ class IncomingPayment(msgspec.Struct, frozen=True, kw_only=True, tag="ip"):
     incoming_amount: int | None
     expires_at_ms: int
     created_at_ms: int
-    metadata: dict | None = None
+    # The client's metadata as the JSON text it sent (an object, checked and bounded at the
+    # edge): kept and shown byte for byte, never decoded into values.
+    metadata: bytes | None = None
     received: int = 0
     completed: bool = False
     expired: bool = False
@@ -55,7 +57,7 @@ def open_payment(
     asset: Asset,
     incoming_amount: int | None,
     expires_at_ms: int | None,
-    metadata: dict | None,
+    metadata: bytes | None,
     now_ms: int,
     expiry: ExpiryPolicy,
 ) -> IncomingPayment:

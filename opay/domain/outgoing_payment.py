@@ -29,7 +29,7 @@ class OutgoingPayment(msgspec.Struct, frozen=True, kw_only=True, tag="op"):
     debit: int
     receive: int
     fee: int
-    metadata: dict | None = None
+    metadata: bytes | None = None  # the client's JSON text, as IncomingPayment.metadata
     created_at_ms: int
     phase: Phase = "funding"
     sent: int = 0

@@ -59,9 +59,7 @@ def price(
             raise Invalid("invalid_amount", "receiveAmount exceeds what the receiver still accepts", {"remaining": str(remaining)})
         principal = exchange.principal_for(receive, per_unit)
         total = principal + exchange.fee(principal, fees)
-        if total > UINT64_MAX:
-            raise Invalid("invalid_amount", "the debit for this receiveAmount exceeds the uint64 range")
-        return Price(debit=total, receive=receive, fee=total - principal)
+        return _within_uint64(Price(debit=total, receive=receive, fee=total - principal))
     assert debit is not None
     if debit <= 0:
         raise Invalid("invalid_amount", "debitAmount must be greater than zero", {"field": "debitAmount"})
@@ -76,7 +74,16 @@ def price(
         )
     if remaining is not None and delivered > remaining:
         raise Invalid("invalid_amount", "debitAmount would deliver more than the receiver still accepts", {"remaining": str(remaining)})
-    return Price(debit=debit, receive=delivered, fee=debit - principal)
+    return _within_uint64(Price(debit=debit, receive=delivered, fee=debit - principal))
+
+
+def _within_uint64(priced: Price) -> Price:
+    """Every amount of a price is a uint64 on the wire and in every encoding: a rate that
+    multiplies a large debit past it is refused here, before anything is stored."""
+    for field, value in (("debitAmount", priced.debit), ("receiveAmount", priced.receive), ("fee", priced.fee)):
+        if not 0 <= value <= UINT64_MAX:
+            raise Invalid("invalid_amount", f"the quote's {field} would exceed the uint64 range", {"field": field})
+    return priced
 
 
 def use(quote: Quote, payment_id: str, now_ms: int) -> Quote:

@@ -52,7 +52,7 @@ def presented_token(header: str | None, tokens: tuple[str, ...]) -> str | None:
 def make_receiver(s: Services) -> StreamReceiver:
     async def credit(payment_uuid: str, amount: int, connection: str, sequence: int) -> Reply:
         # The same command, entity and rules as an operator credit: one code path.
-        return await s.router.ask(CreditIncomingPayment(entity_id(payment_uuid), amount, connection=connection, sequence=sequence))
+        return await s.router.ask(CreditIncomingPayment(entity_id(payment_uuid), amount, "ilp", connection=connection, sequence=sequence))
 
     async def lookup(payment_uuid: str) -> IncomingPayment | None:
         found = await s.queries.entity(entity_id(payment_uuid))

@@ -49,6 +49,7 @@ async def create(request: Request) -> Response:
     body = await read_body(request, s.settings.body_max_bytes)
     caller = await authenticated(request, s, body)
     parsed = wire.decode_body(body, wire.CreateIncomingPaymentBody)
+    metadata = wire.metadata_json(parsed.metadata, s.settings.metadata_max_bytes)
     principal = caller.require("incoming-payment", "create", parsed.walletAddress)
     wallet = await s.wallet_by_url(parsed.walletAddress)
     if wallet is None:
@@ -65,7 +66,7 @@ async def create(request: Request) -> Response:
         asset=wallet.asset,
         incoming_amount=incoming_amount,
         expires_at_ms=expires_at,
-        metadata=parsed.metadata,
+        metadata=metadata,
         now_ms=now_ms(),
         expiry=rules.ExpiryPolicy(
             s.settings.incoming_payment_default_expiry_seconds * 1000, s.settings.incoming_payment_max_expiry_seconds * 1000

@@ -42,6 +42,7 @@ async def create(request: Request) -> Response:
     body = await read_body(request, s.settings.body_max_bytes)
     caller = await authenticated(request, s, body)
     parsed = wire.decode_body(body, wire.CreateOutgoingPaymentBody)
+    metadata = wire.metadata_json(parsed.metadata, s.settings.metadata_max_bytes)
     principal = caller.require("outgoing-payment", "create", parsed.walletAddress)
     by_quote = parsed.quoteId is not None
     if by_quote == (parsed.incomingPayment is not None or parsed.debitAmount is not None) or (
@@ -92,7 +93,7 @@ async def create(request: Request) -> Response:
         debit=debit,
         receive=receive,
         fee=fee,
-        metadata=parsed.metadata,
+        metadata=metadata,
         created_at_ms=now,
     )
     reply = await s.ask(OpenOutgoingPayment(f"{KIND}:{payment_id}", payment, limits, s.settings.auto_fund))

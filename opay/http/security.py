@@ -14,7 +14,7 @@ import redis
 from starlette.requests import Request
 
 from opay.auth.access import AccessItem, Permit, permit
-from opay.auth.client_keys import ClientKeys, KeysUnavailable
+from opay.auth.client_keys import ClientKeys, ClientUnusable, KeysUnavailable
 from opay.auth.grants import ClientRef
 from opay.auth.introspection import IntrospectionUnavailable, Introspector
 from opay.http import signatures
@@ -86,7 +86,10 @@ async def verify_request_signature(request: Request, body: bytes, settings: Sett
         raise unauthorized(settings, error.code, error.description) from None
 
 
-async def client_key(client: ClientRef, keyid: str, client_keys: ClientKeys) -> Jwk | None:
+async def client_key(client: ClientRef, keyid: str, client_keys: ClientKeys, *, unusable: ApiError | None = None) -> Jwk | None:
+    """The client's key `keyid`. A client whose wallet address cannot give keys is 400
+    invalid_client (the authorization server's answer; `unusable` replaces it, keeping the
+    reason); an outage on the way is 503."""
     if client.jwk is not None:
         return client.jwk if client.jwk.kid == keyid else None
     assert client.walletAddress is not None
@@ -94,6 +97,15 @@ async def client_key(client: ClientRef, keyid: str, client_keys: ClientKeys) -> 
         return await client_keys.key(client.walletAddress, keyid)
     except KeysUnavailable:
         raise ApiError.of("unavailable", "keys_unavailable", "the client's keys could not be fetched; retry shortly") from None
+    except ClientUnusable as error:
+        status, code, headers = (400, "invalid_client", None) if unusable is None else (unusable.status, unusable.code, unusable.headers)
+        raise ApiError(
+            status,
+            code,
+            f"the client's wallet address gives no usable keys: {error.reason}",
+            details={"walletAddress": error.wallet_address, "reason": error.reason},
+            headers=headers,
+        ) from None
     except redis.RedisError:
         raise ApiError.of("unavailable", "unavailable", "storage is unavailable; retry shortly") from None
 
@@ -118,7 +130,8 @@ async def authenticate(
         keyid = signatures.parse_signature_input(request.headers.get("signature-input")).keyid
     except signatures.SignatureError as error:
         raise unauthorized(settings, error.code, error.description) from None
-    key = await client_key(answer.client, keyid, client_keys)
+    # The token's client no longer gives usable keys: it cannot prove it holds the token.
+    key = await client_key(answer.client, keyid, client_keys, unusable=unauthorized(settings, "invalid_client", ""))
     if key is None:
         raise unauthorized(settings, "invalid_signature", f"the client has no key {keyid}")
     await verify_request_signature(request, body, settings, key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, TypeVar
 
 import msgspec
@@ -15,6 +16,13 @@ from opay.http.errors import ApiError
 
 T = TypeVar("T")
 
+# Bounds of the free-form strings a client sends: a clear 400 at decoding, nothing stored.
+URL_MAX = 2048
+Url = Annotated[str, msgspec.Meta(max_length=URL_MAX)]
+DateTimeText = Annotated[str, msgspec.Meta(max_length=64)]
+# How deeply containers may nest in metadata (the top-level object counts as 1).
+METADATA_MAX_DEPTH = 16
+
 
 class AmountBody(msgspec.Struct, frozen=True):
     value: str
@@ -26,16 +34,17 @@ class AmountBody(msgspec.Struct, frozen=True):
 
 
 class CreateIncomingPaymentBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    walletAddress: str
+    walletAddress: Url
     incomingAmount: AmountBody | None = None
-    expiresAt: str | None = None
-    metadata: dict | None = None
+    expiresAt: DateTimeText | None = None
+    # The JSON text as sent (empty when absent); only metadata_json() makes it usable.
+    metadata: msgspec.Raw = msgspec.Raw()
 
 
 class CreateQuoteBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    walletAddress: str
-    receiver: str
-    method: str
+    walletAddress: Url
+    receiver: Url
+    method: Annotated[str, msgspec.Meta(max_length=16)]
     debitAmount: AmountBody | None = None
     receiveAmount: AmountBody | None = None
 
@@ -43,11 +52,56 @@ class CreateQuoteBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class CreateOutgoingPaymentBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Both spec shapes in one: {quoteId} or {incomingPayment, debitAmount}; checked after decoding."""
 
-    walletAddress: str
-    quoteId: str | None = None
-    incomingPayment: str | None = None
+    walletAddress: Url
+    quoteId: Url | None = None
+    incomingPayment: Url | None = None
     debitAmount: AmountBody | None = None
-    metadata: dict | None = None
+    metadata: msgspec.Raw = msgspec.Raw()
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_A_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def metadata_json(raw: msgspec.Raw, max_bytes: int) -> bytes | None:
+    """The one check of a client's metadata: a JSON object of at most `max_bytes` bytes and
+    METADATA_MAX_DEPTH levels, kept as its JSON text so nothing downstream re-encodes
+    arbitrary values (a number stays exactly as written, however large). None when absent
+    or null. The decoder has already checked that the text is well-formed JSON."""
+    text = bytes(raw).strip()
+    if not text or text == b"null":
+        return None
+    if len(text) > max_bytes:
+        raise ApiError(
+            400, "invalid_request", f"metadata must be at most {max_bytes} bytes of JSON", {"field": "metadata", "maxBytes": max_bytes}
+        )
+    if not text.startswith(b"{"):
+        raise ApiError(400, "invalid_request", "metadata must be a JSON object", {"field": "metadata"})
+    try:
+        text.decode("utf-8")  # the decoder skips over it without checking its strings' encoding
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid_request", "metadata must be UTF-8 text", {"field": "metadata"}) from None
+    if _depth(text) > METADATA_MAX_DEPTH:
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"metadata must nest at most {METADATA_MAX_DEPTH} levels deep",
+            {"field": "metadata", "maxDepth": METADATA_MAX_DEPTH},
+        )
+    return text
+
+
+def _depth(text: bytes) -> int:
+    """How deeply a well-formed JSON text's objects and arrays nest (brackets in strings aside)."""
+    brackets = _JSON_STRING.sub(b"", text).translate(None, _NOT_A_BRACKET)
+    depth = deepest = 0
+    for byte in brackets:
+        if byte in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
 
 
 def decode_body(body: bytes, body_type: type[T], *, allow_empty: bool = False) -> T:
@@ -61,6 +115,8 @@ def decode_body(body: bytes, body_type: type[T], *, allow_empty: bool = False) -
         raise ApiError(400, "invalid_request", f"invalid body: {error}") from None
     except msgspec.DecodeError:
         raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_request", "the body nests too deeply") from None
 
 
 def encode(value: object) -> bytes:
@@ -82,7 +138,7 @@ def incoming_payment(payment: IncomingPayment, resource_server: str) -> dict:
     view["receivedAmount"] = amount(payment.received, payment.asset)
     view["expiresAt"] = format_ms(payment.expires_at_ms)
     if payment.metadata is not None:
-        view["metadata"] = payment.metadata
+        view["metadata"] = msgspec.Raw(payment.metadata)  # the validated JSON text, as sent
     view["createdAt"] = format_ms(payment.created_at_ms)
     return view
 
@@ -111,6 +167,6 @@ def outgoing_payment(payment: OutgoingPayment, resource_server: str) -> dict:
     view["debitAmount"] = amount(payment.debit, payment.debit_asset)
     view["sentAmount"] = amount(payment.sent, payment.debit_asset)
     if payment.metadata is not None:
-        view["metadata"] = payment.metadata
+        view["metadata"] = msgspec.Raw(payment.metadata)  # the validated JSON text, as sent
     view["createdAt"] = format_ms(payment.created_at_ms)
     return view
