@@ -62,6 +62,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     timer_interval_seconds: float = 1.0
     timer_batch_max: int = 500
     body_max_bytes: int = 64 * 1024
+    metadata_max_bytes: int = 4096  # the largest `metadata` accepted, in bytes of its JSON text (larger: 400)
     quote_validity_seconds: int = 300
     # Header the ASE's login proxy sets to the logged-in user; empty: the consent page never decides.
     consent_user_header: str = ""
@@ -132,6 +133,8 @@ def from_environment(environ: dict[str, str] | None = None) -> Settings:
         )
     if settings.consent_url and urlsplit(settings.consent_url).scheme not in ("http", "https"):
         raise ValueError("OPAY_CONSENT_URL must be an http(s) URL")
+    if settings.metadata_max_bytes < 2:
+        raise ValueError("OPAY_METADATA_MAX_BYTES must be at least 2 (the size of {})")
     if settings.fetch_max_bytes <= 0 or settings.fetch_timeout_seconds <= 0:
         raise ValueError("OPAY_FETCH_MAX_BYTES and OPAY_FETCH_TIMEOUT_SECONDS must be positive")
     from opay.net.fetch import parse_allow
