@@ -114,3 +114,11 @@ async def test_did_document_of_an_existing_wallet(world):
     assert bare["verificationMethod"] == [] and bare["id"].startswith("did:web:")
     missing = await world.http.get(f"{world.server.public_url}/nobody-{uuid.uuid4().hex}/did.json")
     assert assert_error(missing, 404, "not_found")["description"] == "no such wallet address"
+
+
+async def test_a_page_size_that_is_a_unicode_digit_is_bad_input(world):
+    # Found by the spec fuzz: "¹" passes str.isdigit() but not int(), which answered 500.
+    token = await world.token()
+    for first in ("%C2%B9", "%D9%A3", "1%C2%B9"):  # ¹, Arabic-Indic three, 1¹
+        url = f"{world.server.public_url}/incoming-payments?wallet-address={world.receiver['id']}&first={first}"
+        assert_error(await world.client.request("GET", url, token=token), 400, "invalid_request")

@@ -344,9 +344,9 @@ async def revoke_token(request: Request) -> Response:
 ROUTES = [
     Route(PREFIX, request_grant, methods=["POST"]),
     # Any id, slashes included, reaches its handler, which answers with the spec's codes.
-    Route(PREFIX + "/continue/{grant_id:path}", continue_grant, methods=["POST"]),
-    Route(PREFIX + "/continue/{grant_id:path}", cancel_grant, methods=["DELETE"]),
-    Route(PREFIX + "/token/{token_id:path}", rotate_token, methods=["POST"]),
-    Route(PREFIX + "/token/{token_id:path}", revoke_token, methods=["DELETE"]),
+    Route(PREFIX + "/continue/{grant_id:any}", continue_grant, methods=["POST"]),
+    Route(PREFIX + "/continue/{grant_id:any}", cancel_grant, methods=["DELETE"]),
+    Route(PREFIX + "/token/{token_id:any}", rotate_token, methods=["POST"]),
+    Route(PREFIX + "/token/{token_id:any}", revoke_token, methods=["DELETE"]),
     *consent.ROUTES,
 ]

@@ -114,6 +114,6 @@ ROUTES = [
     Route(PATH, create, methods=["POST"]),
     Route(PATH, list_payments, methods=["GET"]),
     # Any id, slashes included, reaches its handler: authentication is judged before the id.
-    Route(PATH + "/{resource_id:path}/complete", complete, methods=["POST"]),
-    Route(PATH + "/{resource_id:path}", get, methods=["GET"]),
+    Route(PATH + "/{resource_id:any}/complete", complete, methods=["POST"]),
+    Route(PATH + "/{resource_id:any}", get, methods=["GET"]),
 ]

@@ -140,6 +140,6 @@ async def grant_spent(request: Request) -> Response:
 ROUTES = [
     Route(PATH, create, methods=["POST"]),
     Route(PATH, list_payments, methods=["GET"]),
-    Route(PATH + "/{resource_id:path}", get, methods=["GET"]),
+    Route(PATH + "/{resource_id:any}", get, methods=["GET"]),
     Route("/outgoing-payment-grant", grant_spent, methods=["GET"]),
 ]

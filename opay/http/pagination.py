@@ -27,7 +27,8 @@ class PageQuery(msgspec.Struct, frozen=True):
 
 
 def _count(raw: str, name: str) -> int:
-    if not raw.isdigit() or not 1 <= int(raw) <= PAGE_MAX:
+    # ASCII digits only: str.isdigit() also takes "¹", which int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= PAGE_MAX:
         raise ApiError(400, "invalid_request", f"{name} must be an integer from 1 to {PAGE_MAX}")
     return int(raw)
 

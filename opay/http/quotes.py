@@ -113,4 +113,4 @@ async def get(request: Request) -> Response:
     return json(200, wire.quote(quote, s.settings.resource_server_url))
 
 
-ROUTES = [Route(PATH, create, methods=["POST"]), Route(PATH + "/{resource_id:path}", get, methods=["GET"])]
+ROUTES = [Route(PATH, create, methods=["POST"]), Route(PATH + "/{resource_id:any}", get, methods=["GET"])]

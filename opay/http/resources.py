@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from starlette.requests import Request
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import Response
 
 from opay.domain.incoming_payment import IncomingPayment
@@ -12,6 +13,22 @@ from opay.http import wire
 from opay.http.errors import ApiError
 from opay.http.security import Authenticated, authenticate, bearer_token, unauthorized
 from opay.http.services import Services
+
+
+class AnyText(Convertor):
+    """Like Starlette's "path", newlines included: an id in a path, whatever it holds,
+    reaches its route, which authenticates before it judges the id."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("any", AnyText())
 
 
 def json(status: int, body: object) -> Response:

@@ -15,6 +15,7 @@ from starlette.routing import Match, Route
 
 from opay.http import wire
 from opay.http.errors import ApiError
+from opay.http.resources import AnyText  # noqa: F401  (registers the {name:any} convertor)
 from opay.http.services import Services, services
 from opay.persistence.wallet_addresses import WalletAddress
 
@@ -95,9 +96,9 @@ async def unmatched(request: Request) -> Response:
 
 
 ROUTES = [
-    Route("/{path:path}/jwks.json", get_jwks, methods=["GET"]),
-    Route("/{path:path}/did.json", get_did_document, methods=["GET"]),
-    Route("/{path:path}", get_wallet_address, methods=["GET"]),
+    Route("/{path:any}/jwks.json", get_jwks, methods=["GET"]),
+    Route("/{path:any}/did.json", get_did_document, methods=["GET"]),
+    Route("/{path:any}", get_wallet_address, methods=["GET"]),
     # Starlette would make a function route GET-only: name every method.
-    Route("/{path:path}", unmatched, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"]),
+    Route("/{path:any}", unmatched, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"]),
 ]
