@@ -162,6 +162,25 @@ def prepare(http: httpx.Client, public_url: str, operator_url: str, operator_tok
     return t
 
 
+def _unreachable_client(body: dict) -> None:
+    """A generated client wallet address would make opay fetch its keys from wherever it
+    points: keep the generated URL but move it to a host that never resolves (RFC 6761
+    `.invalid`), so the fuzz sends nothing off this machine and waits on no one."""
+    client = body.get("client")
+    holder, key = (body, "client") if isinstance(client, str) else (client, "walletAddress") if isinstance(client, dict) else (None, None)
+    if holder is None or not isinstance(holder.get(key), str):
+        return
+    try:
+        url = httpx.URL(holder[key])
+    except (httpx.InvalidURL, ValueError, TypeError):
+        return
+    if url.host and url.host not in ("127.0.0.1", "localhost"):
+        try:
+            holder[key] = str(url.copy_with(host="fuzz.invalid", port=None))
+        except (httpx.InvalidURL, ValueError, TypeError):
+            holder[key] = "https://fuzz.invalid/wallet"
+
+
 @dataclass
 class Tally:
     sent: int = 0
@@ -256,6 +275,8 @@ class Fuzzer:
     def _send(self, spec: str, operation: Any, case: Any, signed: bool, real: bool) -> None:
         if signed and real and spec != "token-introspection.yaml":
             self._realistic(operation, case)
+        if spec == "auth-server.yaml" and operation.path == "/" and isinstance(case.body, dict):
+            _unreachable_client(case.body)
         base = self.base_url(spec)
         path = case.formatted_path
         url = base if path == "/" else base.rstrip("/") + path
