@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from opay.domain import exchange, grant_spend, quote
 from opay.domain.amounts import Asset
-from opay.domain.errors import Forbidden, Invalid
+from opay.domain.errors import Conflict, Forbidden, Invalid
 from opay.domain.intervals import parse_interval, repetition_start, window_at
 from opay.domain.times import format_ms
 
@@ -133,6 +133,90 @@ def test_reservations_never_pass_the_limit_and_release_gives_back(payments, limi
         state, released = grant_spend.release(state, reservation)
         assert grant_spend.release(state, released) == (state, released)
     assert state.spent_debit == 0
+
+
+# One operation on a grant's ledger: a new payment, a retry of an earlier one's
+# reservation, its confirmation, its release (failed, or found abandoned), or time moving.
+ledger_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("reserve"), st.integers(1, 60), st.integers(0, 40)),
+        st.tuples(st.just("retry"), st.integers(0, 30)),
+        st.tuples(st.just("confirm"), st.integers(0, 30)),
+        st.tuples(st.just("release"), st.integers(0, 30)),
+        st.tuples(st.just("wait"), st.integers(1, 90_000)),
+    ),
+    max_size=60,
+)
+
+
+@given(ops=ledger_ops, debit_limit=st.integers(1, 400), receive_limit=st.integers(1, 400), interval=st.booleans())
+def test_a_ledger_that_keeps_only_open_reservations_still_holds_every_limit(ops, debit_limit, receive_limit, interval) -> None:
+    """The ledger's snapshot keeps only the current repetition's totals and its tentative
+    reservations; each payment id's Reservation lives in the journal (a dict here), looked
+    up per id. Whatever the order of reserves, retries, confirmations, releases and
+    repetitions: the totals are exactly what is reserved and not given back in the current
+    repetition, never past a limit; a retry counts nothing more; a released id stays refused."""
+    start = ms("2025-01-01T00:00:00Z")
+    limits = grant_spend.Limits(
+        debit=debit_limit,
+        debit_asset=USD,
+        receive=receive_limit,
+        receive_asset=EUR,
+        interval=parse_interval("R/2025-01-01T00:00:00Z/PT1M") if interval else None,
+    )
+    state, journal, ids, now = grant_spend.GrantSpend(id="g"), {}, [], start
+    for op in ops:
+        if op[0] == "reserve":
+            payment_id, receive = f"p{len(ids)}", op[2]
+            ids.append(payment_id)
+            try:
+                state, made = grant_spend.reserve_once(
+                    state, limits, payment_id, journal.get(payment_id), debit=op[1], debit_asset=USD,
+                    receive=receive, receive_asset=EUR, receiver="r", now_ms=now, check_at_ms=now + 10_000,
+                )
+            except Forbidden as refused:
+                assert refused.code == "grant_limit_exceeded"
+            else:
+                assert made is not None and made.window == state.window
+                journal[payment_id] = made
+        elif ids and op[0] == "retry":
+            payment_id = ids[op[1] % len(ids)]
+            before = grant_spend.spent_now(state, limits, now)
+            try:
+                state_after, made = grant_spend.reserve_once(
+                    state, limits, payment_id, journal.get(payment_id), debit=1, debit_asset=USD,
+                    receive=1, receive_asset=EUR, receiver="r", now_ms=now, check_at_ms=now + 10_000,
+                )
+            except Conflict as refused:
+                assert refused.code == "quote_used" and journal[payment_id].released
+                continue
+            except Forbidden:
+                assert payment_id not in journal  # refused the first time, refused now: never counted
+                continue
+            if payment_id in journal:
+                assert made is None, "a retry of a counted id counts nothing more"
+                assert (state_after.spent_debit, state_after.spent_receive) == (before.spent_debit, before.spent_receive)
+            else:
+                journal[payment_id] = made  # first refused, now within the limits: counted once
+                state = state_after
+        elif ids and op[0] == "confirm":
+            state = grant_spend.resolved(state, ids[op[1] % len(ids)])
+        elif ids and op[0] == "release":
+            payment_id = ids[op[1] % len(ids)]
+            if payment_id in journal:
+                state, journal[payment_id] = grant_spend.release(state, journal[payment_id])
+                assert grant_spend.release(state, journal[payment_id]) == (state, journal[payment_id]), "released once"
+            state = grant_spend.resolved(state, payment_id)
+        elif op[0] == "wait":
+            now += op[1]
+
+        view = grant_spend.spent_now(state, limits, now)
+        counted = [r for r in journal.values() if r.window == view.window and not r.released]
+        assert view.spent_debit == sum(r.debit for r in counted) <= debit_limit
+        assert view.spent_receive == sum(r.receive for r in counted) <= receive_limit
+        # Only what may still be given back without a word from its payment stays in the snapshot.
+        assert set(state.unconfirmed) <= {p for p, r in journal.items() if not r.released}
+        assert len(state.unconfirmed) <= grant_spend.MAX_RESERVATIONS
 
 
 @pytest.mark.parametrize("bad", ["P1M", "R5/P1M/2025-01-01T00:00:00Z", "Rx/2025-01-01T00:00:00Z/P1M", "R/2025-01-01T00:00:00Z/P", "R/2025-01-01T00:00:00Z/PT0S", "R/not-a-date/P1D"])

@@ -5,6 +5,15 @@ mailbox for this batch) and applied in arrival order, one at a time, against tha
 entity's in-memory state. All changed snapshots are then written in one pipelined
 round trip, and only then are replies released and the new states made current: a
 reply never reflects state that Redis does not hold.
+
+What one active entity holds is bounded. Its snapshot is at most SNAPSHOT_MAX_BYTES
+(each kind caps its own collections; a write past the bound is refused, never stored).
+Its journal (idempotency keys, reservations: one entry per operation, kept for good in
+Redis) is not loaded whole: a small one is (one HSCAN that ends, so a fresh key is known
+absent without a read), a large one is read per key. The commands of a batch name the
+keys they will ask for (`journal_keys`), and those are read in the same pipelined round
+trip as the batch's snapshots; a key no command named is read on demand. At most
+JOURNAL_HELD_MAX entries per entity stay in memory between batches.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import redis
 
 from opay.actors.messages import CONFLICT_RETRY, UNAVAILABLE, BatchResult, Command, Failed, Reply, Tell
 from opay.persistence import codec, keys
-from opay.persistence.snapshots import CONFLICT, LANDED, EntityWrite, SideEffect, SnapshotStore
+from opay.persistence.snapshots import CONFLICT, JOURNAL_WHOLE_MAX, LANDED, EntityWrite, SideEffect, SnapshotStore
 
 
 log = logging.getLogger("opay.entities")
@@ -30,10 +39,35 @@ QUARANTINED = Failed(
 )
 
 
+# Journal entries (and keys known absent) one active entity keeps between batches.
+JOURNAL_HELD_MAX = 256
+# The largest snapshot or journal entry an entity may write. Far above what any kind
+# writes (a grant ledger at its MAX_RESERVATIONS is ~50 KiB): reaching it is a bug in a
+# kind's bounds, refused as one (the entity's commands fail, nothing is stored).
+SNAPSHOT_MAX_BYTES = 1 << 20
+JOURNAL_ENTRY_MAX_BYTES = 64 << 10
+assert JOURNAL_WHOLE_MAX <= JOURNAL_HELD_MAX
+
+
+class Oversized(Exception):
+    """A write past SNAPSHOT_MAX_BYTES or JOURNAL_ENTRY_MAX_BYTES."""
+
+
 class Active(msgspec.Struct):
     version: int
-    state: codec.EntityState
-    journal: dict[str, bytes]
+    state: codec.EntityState | None  # None: no snapshot yet (never kept between batches)
+    # Entries read from (or committed to) Redis; None: known absent from it.
+    journal: dict[str, bytes | None]
+    # The journal holds every entry Redis has: a key missing from it is absent.
+    whole: bool
+
+    def held(self) -> None:
+        """Trim to the bound between batches: what is dropped is still in Redis."""
+        if len(self.journal) > JOURNAL_HELD_MAX:
+            self.whole = False
+            for key in list(self.journal)[: len(self.journal) - JOURNAL_HELD_MAX]:
+                del self.journal[key]
+        assert len(self.journal) <= JOURNAL_HELD_MAX
 
 
 class Event(msgspec.Struct, frozen=True):
@@ -53,10 +87,12 @@ class Step:
         entity_id: str,
         now_ms: int,
         state: object,
-        journal: dict[str, bytes],
+        journal: dict[str, bytes | None],
         pending: dict[str, bytes],
         emit_events: bool = False,
         shard: int = 0,
+        whole: bool = True,
+        fetch: Callable[[str], bytes | None] | None = None,
     ) -> None:
         self.entity_id = entity_id
         self._shard = shard
@@ -68,11 +104,23 @@ class Step:
         self.tells: list[Tell] = []
         self._journal = journal
         self._pending = pending
+        self._whole = whole
+        self._fetch = fetch
 
     def journal_entry(self, key: str) -> bytes | None:
-        return self._pending.get(key, self._journal.get(key))
+        if key in self._pending:
+            return self._pending[key]
+        if key in self._journal:
+            return self._journal[key]
+        if self._whole:
+            return None
+        assert self._fetch is not None, "a journal not held whole needs a way to read it"
+        self._journal[key] = found = self._fetch(key)  # one round trip: `journal_keys` avoids it
+        return found
 
     def record(self, key: str, outcome: bytes) -> None:
+        if len(outcome) > JOURNAL_ENTRY_MAX_BYTES:
+            raise Oversized(f"journal entry {key!r} of {self.entity_id} is {len(outcome)} bytes")
         self._pending[key] = outcome
         self.effects.append(SideEffect("hset", keys.journal(self.entity_id), key, outcome))
 
@@ -106,14 +154,25 @@ class Step:
 
 
 Handler = Callable[[Command, object, Step], None]
+# The journal keys a command will ask for, so the host reads them with the batch's loads.
+# A hint only: a key it misses is read on demand, a key it names needlessly costs nothing.
+JournalKeys = Callable[[Command], tuple[str, ...]]
 
 
 class EntityHost:
     def __init__(
-        self, store: SnapshotStore, handlers: dict[type, Handler], max_active: int, emit_events: bool = False, shard: int = 0
+        self,
+        store: SnapshotStore,
+        handlers: dict[type, Handler],
+        max_active: int,
+        emit_events: bool = False,
+        shard: int = 0,
+        journal_keys: dict[type, JournalKeys] | None = None,
     ) -> None:
         assert max_active > 0 and shard >= 0
         self._shard = shard
+        self._journal_keys = journal_keys or {}
+        self.journal_reads = 0  # journal entries read on demand (no command named them), since start
         self.quarantined = 0  # snapshots that could not be decoded, since start
         self._emit_events = emit_events
         self._store = store
@@ -125,21 +184,32 @@ class EntityHost:
     def active_count(self) -> int:
         return len(self._active)
 
+    def held_journal(self, entity_id: str) -> int | None:
+        """How many journal entries an active entity holds in memory (None: not active)."""
+        active = self._active.get(entity_id)
+        return None if active is None else len(active.journal)
+
     def handle(self, commands: list[Command], now_ms: int) -> BatchResult:
         replies: list[Reply | None] = [None] * len(commands)
         mailboxes: dict[str, list[int]] = {}
         for position, command in enumerate(commands):
             mailboxes.setdefault(command.entity_id, []).append(position)
 
-        present = self._activate(list(mailboxes), replies, mailboxes)
+        present = self._activate(commands, replies, mailboxes)
         writes: list[EntityWrite] = []
-        staged: list[tuple[str, Active | None, object, dict[str, bytes]]] = []
+        staged: list[tuple[str, Active, object, dict[str, bytes]]] = []
         tells: dict[str, list[Tell]] = {}
         for entity_id, positions in mailboxes.items():
             if entity_id not in present:
                 continue
             try:
                 planned = self._apply(entity_id, present[entity_id], [commands[p] for p in positions], now_ms)
+            except redis.RedisError:
+                # A journal entry read on demand failed: nothing was decided.
+                self._active.pop(entity_id, None)
+                for position in positions:
+                    replies[position] = UNAVAILABLE
+                continue
             except Exception:
                 # A fault in one entity's rules must not take its batch-mates down with
                 # it: this entity's commands fail, its state stays as Redis holds it.
@@ -159,67 +229,99 @@ class EntityHost:
 
         committed = self._commit(writes, staged, replies, mailboxes)
         assert all(reply is not None for reply in replies)
+        for entity_id in mailboxes:
+            if entity_id in self._active:
+                self._active[entity_id].held()  # entries read during the batch count too
         # A Tell leaves only if what its entity decided is durable; entities that told
         # without writing (e.g. re-asking after a restart) tell from committed state.
         sent = [tell for entity_id, asked in tells.items() if entity_id not in committed or committed[entity_id] for tell in asked]
         return BatchResult(replies, sent)  # type: ignore[arg-type]
 
     def _apply(
-        self, entity_id: str, active: Active | None, mailbox: list[Command], now_ms: int
+        self, entity_id: str, active: Active, mailbox: list[Command], now_ms: int
     ) -> tuple[list[Reply], object, EntityWrite | None, dict[str, bytes], list[Tell]]:
         """One entity's mailbox for this batch, one command at a time: the replies, the new
         state and its write (None if nothing changed), new journal entries, what it tells."""
-        state: object = active.state if active else None
-        journal = active.journal if active else {}
+        state: object = active.state
+        journal = active.journal
         pending: dict[str, bytes] = {}
+
+        def fetch(key: str) -> bytes | None:
+            self.journal_reads += 1
+            return self._store.journal_entry(entity_id, key)
+
         effects: list[SideEffect] = []
         asked: list[Tell] = []
         replies: list[Reply] = []
         for command in mailbox:
-            step = Step(entity_id, now_ms, state, journal, pending, self._emit_events, self._shard)
+            step = Step(entity_id, now_ms, state, journal, pending, self._emit_events, self._shard, active.whole, fetch)
             self._handlers[type(command)](command, state, step)
             assert step.reply is not None, f"{type(command).__name__} left no reply"
             state = step.state
             effects += step.effects
             asked += step.tells
             replies.append(step.reply)
-        before = active.state if active else None
-        if state is None or (not effects and state is before):
+        if state is None or (not effects and state is active.state):
             return replies, state, None, pending, asked
-        version = active.version if active else 0
-        return replies, state, EntityWrite(entity_id, version, codec.encode(state), effects), pending, asked
+        snapshot = codec.encode(state)
+        if len(snapshot) > SNAPSHOT_MAX_BYTES:
+            raise Oversized(f"snapshot of {entity_id} is {len(snapshot)} bytes")
+        return replies, state, EntityWrite(entity_id, active.version, snapshot, effects), pending, asked
 
-    def _activate(
-        self, entity_ids: list[str], replies: list[Reply | None], mailboxes: dict[str, list[int]]
-    ) -> dict[str, Active | None]:
-        present: dict[str, Active | None] = {}
-        missing = []
-        for entity_id in entity_ids:
-            if entity_id in self._active:
+    def _activate(self, commands: list[Command], replies: list[Reply | None], mailboxes: dict[str, list[int]]) -> dict[str, Active]:
+        """Each addressed entity, active or loaded now, with the journal entries its commands
+        name: one pipelined round trip for the whole batch (none if nothing is missing)."""
+        present: dict[str, Active] = {}
+        missing: list[str] = []
+        wanted: dict[str, list[str]] = {}
+        for entity_id, positions in mailboxes.items():
+            active = self._active.get(entity_id)
+            if active is not None:
                 self._active.move_to_end(entity_id)
-                present[entity_id] = self._active[entity_id]
+                present[entity_id] = active
             else:
                 missing.append(entity_id)
+            if active is not None and active.whole:
+                continue
+            named = {key: None for p in positions for key in self._named(commands[p])}
+            names = [key for key in named if active is None or key not in active.journal]
+            if names:
+                wanted[entity_id] = names
         try:
-            loaded = self._store.load_many(missing)
+            loaded, entries = self._store.load(missing, wanted)
         except redis.RedisError:
-            for entity_id in missing:
+            for entity_id in set(missing) | set(wanted):
+                self._active.pop(entity_id, None)
+                present.pop(entity_id, None)
                 for position in mailboxes[entity_id]:
                     replies[position] = UNAVAILABLE
             return present
+        for entity_id, found in entries.items():
+            present[entity_id].journal.update(found)
         for entity_id, found in loaded.items():
             if found.snapshot is None:
-                present[entity_id] = None
+                present[entity_id] = Active(0, None, dict(found.journal), found.whole)
                 continue
             try:
                 state = codec.decode_state(found.snapshot)
             except Exception as error:  # any decoder fault, not only msgspec's
                 self._quarantine(entity_id, error, replies, mailboxes[entity_id])
                 continue
-            active = Active(found.version, state, found.journal)
+            active = Active(found.version, state, dict(found.journal), found.whole)
             present[entity_id] = active
             self._remember(entity_id, active)
         return present
+
+    def _named(self, command: Command) -> tuple[str, ...]:
+        keys_of = self._journal_keys.get(type(command))
+        if keys_of is None:
+            return ()
+        try:
+            return keys_of(command)
+        except Exception:
+            # Only a hint: the handler meets the same fault inside its entity's guard.
+            log.exception("journal keys of a %s", type(command).__name__)
+            return ()
 
     def _quarantine(self, entity_id: str, error: Exception, replies: list[Reply | None], positions: list[int]) -> None:
         """A snapshot that cannot be decoded fails only its own commands, with a clear
@@ -236,7 +338,7 @@ class EntityHost:
     def _commit(
         self,
         writes: list[EntityWrite],
-        staged: list[tuple[str, Active | None, object, dict[str, bytes]]],
+        staged: list[tuple[str, Active, object, dict[str, bytes]]],
         replies: list[Reply | None],
         mailboxes: dict[str, list[int]],
     ) -> dict[str, bool]:
@@ -246,9 +348,8 @@ class EntityHost:
         for n, (entity_id, active, state, pending) in enumerate(staged):
             committed[entity_id] = outcomes[n] == LANDED
             if committed[entity_id]:
-                journal = active.journal if active else {}
-                journal.update(pending)
-                self._remember(entity_id, Active(writes[n].expected_version + 1, state, journal))  # type: ignore[arg-type]
+                active.journal.update(pending)
+                self._remember(entity_id, Active(writes[n].expected_version + 1, state, active.journal, active.whole))  # type: ignore[arg-type]
                 continue
             # Conflict: another activation won. Unknown: Redis did not say, twice. Either
             # way forget the entity, so the next command re-reads whatever Redis holds;
@@ -260,6 +361,8 @@ class EntityHost:
         return committed
 
     def _remember(self, entity_id: str, active: Active) -> None:
+        assert active.state is not None
+        active.held()
         self._active[entity_id] = active
         self._active.move_to_end(entity_id)
         while len(self._active) > self._max_active:

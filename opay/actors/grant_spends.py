@@ -20,7 +20,6 @@ from opay.actors.messages import (
     Checked,
     CheckReservation,
     ConfirmSpend,
-    Failed,
     Nothing,
     ReadSpend,
     ReleaseSpend,
@@ -65,40 +64,28 @@ def _schedule(ledger: rules.GrantSpend, step: Step) -> None:
 
 
 def reserve(command: ReserveSpend, state: rules.GrantSpend | None, step: Step) -> None:
-    ledger = _ledger(command, state)
     held = step.journal_entry(command.payment_id)
-    if held is not None:
-        if codec.decode(held, rules.Reservation).released:
-            # Its share was given back: the payment failed, or it was never opened and is a
-            # tombstone now. Counting it as reserved again would let spending pass the limits
-            # if anything opened it, so refuse. Only a quote's payment id is ever reserved
-            # twice (a quote-less create draws a fresh id), hence the quote's refusal code.
-            step.reply = Failed("conflict", "quote_used", "the quote already backed a payment under this grant")
-            return
-        try:
-            ledger = rules.spent_now(ledger, command.limits, step.now_ms) if state is not None else ledger
-        except DomainError as error:
-            step.reply = failed(error)
-            return
-        step.reply = Spent(ledger.spent_debit, ledger.spent_receive)
-        return
+    prior = None if held is None else codec.decode(held, rules.Reservation)
     try:
-        after, reservation = rules.reserve(
-            ledger,
+        after, reservation = rules.reserve_once(
+            _ledger(command, state),
             command.limits,
+            command.payment_id,
+            prior,
             debit=command.debit,
             debit_asset=command.debit_asset,
             receive=command.receive,
             receive_asset=command.receive_asset,
             receiver=command.receiver,
             now_ms=step.now_ms,
+            check_at_ms=step.now_ms + CONFIRM_AFTER_MS,
         )
-        after = rules.hold(after, command.payment_id, step.now_ms + CONFIRM_AFTER_MS)
     except DomainError as error:
         step.reply = failed(error)
         return
-    step.record(command.payment_id, codec.encode(reservation))
-    _schedule(after, step)
+    if reservation is not None:
+        step.record(command.payment_id, codec.encode(reservation))
+        _schedule(after, step)
     step.reply = Spent(after.spent_debit, after.spent_receive)
 
 
@@ -159,6 +146,18 @@ def read(command: ReadSpend, state: rules.GrantSpend | None, step: Step) -> None
         ledger = rules.GrantSpend(id=command.entity_id)  # outside its interval: nothing spent now
     step.reply = Spent(ledger.spent_debit, ledger.spent_receive)
 
+
+def _payment(command) -> tuple[str, ...]:
+    return (command.payment_id,)
+
+
+def answer_keys(command: Answered) -> tuple[str, ...]:
+    answer = command.answer
+    return (answer.payment_id,) if isinstance(answer, Checked) else ()
+
+
+# The journal entry each command reads: its payment's reservation (see EntityHost).
+JOURNAL_KEYS = {ReserveSpend: _payment, ReleaseSpend: _payment}
 
 HANDLERS = {
     ReserveSpend: reserve,

@@ -10,6 +10,17 @@ no payment to ever give it back. So the ledger keeps every unconfirmed reservati
 the time to ask about it: the payment entity confirms it once opened, and if it has not
 by then the grant asks the payment entity, which settles the race for good (it either
 holds the payment, or writes a tombstone that no late create can get past).
+
+What the ledger holds, and for how long. Its snapshot (rewritten on every change) holds
+only the current repetition's totals, exact integers, and the reservations still
+tentative (at most MAX_RESERVATIONS): a confirmed share is folded into the totals, a
+released one taken out of them, and a new repetition starts from zero, so nothing of a
+past repetition stays. Beside it, the grant's journal keeps each payment id's
+Reservation (~35 bytes) for good, in Redis: it is what answers a retried reservation
+exactly (counted once, or refused once given back) and what a release gives back, and
+its entity host reads it per key, never whole (opay.actors.entity). A bounded set of
+"recently settled" ids would not do: a retry arriving after its id left the set would
+count a payment twice, and nothing in a retry says how old it is.
 """
 
 from __future__ import annotations
@@ -17,13 +28,16 @@ from __future__ import annotations
 import msgspec
 
 from opay.domain.amounts import Asset
-from opay.domain.errors import DomainError, Forbidden, Invalid
+from opay.domain.errors import Conflict, DomainError, Forbidden, Invalid
 from opay.domain.intervals import RepeatingInterval, window_at
 
 # At most this many reservations wait for their payment per grant. Each one lives in
-# the grant's snapshot (rewritten on every change), so the bound keeps that write small;
-# past it the grant refuses new payments until the payment entities have answered.
-MAX_UNCONFIRMED = 10_000
+# the grant's snapshot (~50 bytes; the snapshot is rewritten on every change), so the
+# bound keeps that write under ~50 KiB; past it the grant refuses new payments (503
+# `grant_busy`, retryable) until the payment entities have answered. Payments confirm
+# within milliseconds of their reservation, so only a burst of creates cut off at once
+# (a front end killed mid-load) ever comes near it.
+MAX_RESERVATIONS = 1_000
 
 
 class Busy(DomainError):
@@ -97,6 +111,45 @@ def reserve(
     return after, Reservation(debit=debit, receive=receive, window=state.window)
 
 
+def reserve_once(
+    state: GrantSpend,
+    limits: Limits,
+    payment_id: str,
+    prior: Reservation | None,
+    *,
+    debit: int,
+    debit_asset: Asset,
+    receive: int,
+    receive_asset: Asset,
+    receiver: str,
+    now_ms: int,
+    check_at_ms: int,
+) -> tuple[GrantSpend, Reservation | None]:
+    """Reserve a payment's share at most once per payment id. `prior` is what the grant's
+    journal holds for the id. Returns the ledger and the reservation to journal; None when
+    the id was reserved before (a retry after a lost reply): nothing more is counted, and
+    the ledger returned is only the current view of it (nothing to write)."""
+    if prior is not None:
+        if prior.released:
+            # Its share was given back: the payment failed, or it was never opened and is
+            # a tombstone now. Counting it as reserved again would let spending pass the
+            # limits if anything opened it. Only a quote's payment id is ever reserved
+            # twice (a quote-less create draws a fresh id), hence the quote's code.
+            raise Conflict("quote_used", "the quote already backed a payment under this grant")
+        return spent_now(state, limits, now_ms), None
+    after, reservation = reserve(
+        state,
+        limits,
+        debit=debit,
+        debit_asset=debit_asset,
+        receive=receive,
+        receive_asset=receive_asset,
+        receiver=receiver,
+        now_ms=now_ms,
+    )
+    return hold(after, payment_id, check_at_ms), reservation
+
+
 def _within(name: str, limit: int | None, limit_asset: Asset | None, spent: int, amount: int, asset: Asset) -> None:
     if limit is None:
         return
@@ -126,9 +179,11 @@ def hold(state: GrantSpend, payment_id: str, check_at_ms: int) -> GrantSpend:
     """Keep a new reservation tentative until its payment confirms it."""
     if payment_id in state.unconfirmed:
         return state
-    if len(state.unconfirmed) >= MAX_UNCONFIRMED:
+    if len(state.unconfirmed) >= MAX_RESERVATIONS:
         raise Busy("grant_busy", "too many payments under this grant are still being created; retry shortly")
-    return msgspec.structs.replace(state, unconfirmed={**state.unconfirmed, payment_id: check_at_ms})
+    after = msgspec.structs.replace(state, unconfirmed={**state.unconfirmed, payment_id: check_at_ms})
+    assert len(after.unconfirmed) <= MAX_RESERVATIONS
+    return after
 
 
 def resolved(state: GrantSpend, payment_id: str) -> GrantSpend:

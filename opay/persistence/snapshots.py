@@ -75,10 +75,20 @@ class EntityWrite(msgspec.Struct, frozen=True):
 LANDED, CONFLICT, UNKNOWN = "landed", "conflict", "unknown"
 
 
+# A journal is read whole at activation only if one HSCAN of this COUNT ends it: then a
+# key missing from what was read is known absent, and a command with a fresh idempotency
+# key costs no read. A larger journal (an incoming payment with thousands of operator
+# credits) is never loaded whole: its entries are read per key, the ones a batch names.
+JOURNAL_WHOLE_MAX = 128
+
+
 class Loaded(msgspec.Struct, frozen=True):
     version: int
     snapshot: bytes | None
-    journal: dict[str, bytes]
+    # The journal entries read: every one if `whole`, else only those asked for (None:
+    # known absent).
+    journal: dict[str, bytes | None]
+    whole: bool = False
 
 
 class SnapshotStore:
@@ -89,22 +99,45 @@ class SnapshotStore:
         self._write = client.register_script(_WRITE)
 
     def load_many(self, entity_ids: list[str]) -> dict[str, Loaded]:
-        if not entity_ids:
-            return {}
+        return self.load(entity_ids, {})[0]
+
+    def load(
+        self, entity_ids: list[str], wanted: dict[str, list[str]]
+    ) -> tuple[dict[str, Loaded], dict[str, dict[str, bytes | None]]]:
+        """One pipelined round trip: the snapshots of `entity_ids` (each with its journal
+        whole if small, else the entries `wanted` names for it), and the `wanted` journal
+        entries of entities already active (those not in `entity_ids`)."""
+        loading = set(entity_ids)
+        others = [entity_id for entity_id, names in wanted.items() if names and entity_id not in loading]
+        if not entity_ids and not others:
+            return {}, {}
         pipe = self._client.pipeline(transaction=False)
         for entity_id in entity_ids:
             pipe.hmget(keys.entity(entity_id), "v", "s")
-            pipe.hgetall(keys.journal(entity_id))
-        answers = pipe.execute()
+            pipe.hscan(keys.journal(entity_id), 0, count=JOURNAL_WHOLE_MAX)
+            if wanted.get(entity_id):
+                pipe.hmget(keys.journal(entity_id), wanted[entity_id])
+        for entity_id in others:
+            pipe.hmget(keys.journal(entity_id), wanted[entity_id])
+        answers = iter(pipe.execute())
         loaded: dict[str, Loaded] = {}
-        for n, entity_id in enumerate(entity_ids):
-            (version, snapshot), journal = answers[2 * n], answers[2 * n + 1]
-            loaded[entity_id] = Loaded(
-                version=int(version or 0),
-                snapshot=snapshot,
-                journal={k.decode(): v for k, v in journal.items()},
-            )
-        return loaded
+        for entity_id in entity_ids:
+            (version, snapshot), (cursor, scanned) = next(answers), next(answers)
+            named = wanted.get(entity_id) or []
+            values = next(answers) if named else []
+            journal: dict[str, bytes | None]
+            if int(cursor) == 0 and len(scanned) <= JOURNAL_WHOLE_MAX:
+                journal, whole = {k.decode(): v for k, v in scanned.items()}, True
+            else:
+                # Too large to hold: what was scanned is dropped, only the named entries stay.
+                journal, whole = dict(zip(named, values)), False
+            loaded[entity_id] = Loaded(version=int(version or 0), snapshot=snapshot, journal=journal, whole=whole)
+        entries = {entity_id: dict(zip(wanted[entity_id], next(answers))) for entity_id in others}
+        return loaded, entries
+
+    def journal_entry(self, entity_id: str, key: str) -> bytes | None:
+        """One entry read on demand: a key that no command of the batch named in advance."""
+        return self._client.hget(keys.journal(entity_id), key)
 
     def quarantine(self, entity_id: str, reason: str) -> None:
         self._client.hset(keys.QUARANTINE, entity_id, reason[:1000])
