@@ -5,8 +5,10 @@ and without, to uncapped and capped incoming payments, and is killed with SIGKIL
 whole process group) in the middle of it. After a restart on the same data:
 
 - every 201-acknowledged payment is there with identical terms;
-- a client retrying an unacknowledged payment from its quote gets it created once (201)
-  or learns it exists (409 quote_used), never a second payment;
+- a client retrying a payment from its quote (the same request) gets the payment its
+  first attempt made (201, and the very body of the first 201 if it got one), or it is
+  created now, or it is told the create was given up (409 payment_abandoned), never a
+  second payment and never `quote_used` for its own payment;
 - the timers re-drive settlement: every payment ends completed or failed, none sending;
 - each incoming payment received exactly the receive amounts of the completed payments
   paying it (nothing settled twice, nothing lost), and its credit journal agrees;
@@ -130,6 +132,7 @@ async def test_kill9_mid_flow_loses_no_outgoing_payment_and_settles_none_twice(o
         refusals: Counter[str] = Counter()
         acked: dict[str, dict] = {}  # payment id -> the 201 body
         quote_attempts: dict[str, dict] = {}  # quote id -> the quote, for every payment tried from a quote
+        quote_bodies: dict[str, dict] = {}  # quote id -> the create's body, to retry it as it was
         direct_attempts = 0
         stop = False
 
@@ -171,7 +174,8 @@ async def test_kill9_mid_flow_loses_no_outgoing_payment_and_settles_none_twice(o
                     continue
                 quote = quoted.json()
                 quote_attempts[quote["id"]] = quote
-                await pay({"quoteId": quote["id"], "metadata": {"n": next(sequence)}})
+                quote_bodies[quote["id"]] = {"quoteId": quote["id"], "metadata": {"n": next(sequence)}}
+                await pay(quote_bodies[quote["id"]])
 
         async def direct_payer() -> None:
             nonlocal direct_attempts
@@ -225,28 +229,32 @@ async def test_kill9_mid_flow_loses_no_outgoing_payment_and_settles_none_twice(o
             assert len(listed) - len(listed_from_quotes) <= direct_attempts, summary
             assert {uuid_of(pid) for pid in listed} == set(left), "the list index and the snapshots disagree"
 
-            # 3. A client retries what it never got an answer for: once created, never twice.
-            # A retry may come after the grant gave the cut-off create up (its reservation is
-            # over 10 s old by now): then the payment id is a tombstone and the retry is
-            # refused (409 from the released reservation, or 503 from the tombstone itself).
+            # 3. A client retries (the same request): what was acknowledged gets its first 201
+            # again; what it never got an answer for is created once, never twice. A retry may
+            # come after the grant gave the cut-off create up (its reservation is over 10 s old
+            # by now): then the payment id is a tombstone and the retry is told so.
             retried = Counter()
-            unanswered = [quote for quote in quote_attempts.values() if uuid_of(quote["id"]) not in {uuid_of(p) for p in from_quotes}]
-            answers = await asyncio.gather(
-                *(
-                    world.client.request(
-                        "POST", f"{server.public_url}/outgoing-payments", json={"walletAddress": sender["id"], "quoteId": quote["id"]}, token=token
-                    )
-                    for quote in unanswered
+
+            def retry(quote_id: str):
+                return world.client.request(
+                    "POST", f"{server.public_url}/outgoing-payments", json={"walletAddress": sender["id"], **quote_bodies[quote_id]}, token=token
                 )
-            )
+
+            acked_quotes = [body for body in acked.values() if "quoteId" in body]
+            for created, answer in zip(acked_quotes, await asyncio.gather(*(retry(body["quoteId"]) for body in acked_quotes))):
+                assert answer.status_code == 201 and answer.json() == created, (created, answer.text)
+                retried["acknowledged"] += 1
+            unanswered = [quote for quote in quote_attempts.values() if uuid_of(quote["id"]) not in {uuid_of(p) for p in from_quotes}]
+            answers = await asyncio.gather(*(retry(quote["id"]) for quote in unanswered))
             for quote, answer in zip(unanswered, answers):
                 expected_id = f"{server.public_url}/outgoing-payments/{uuid_of(quote['id'])}"
                 if expected_id in listed:
-                    assert answer.status_code == 409 and answer.json()["error"]["code"] == "quote_used", answer.text
+                    assert answer.status_code == 201, answer.text
+                    assert terms(answer.json()) == terms(listed[expected_id])
                     retried["exists"] += 1
                 elif answer.status_code != 201:
                     code = answer.json()["error"]["code"]
-                    assert (answer.status_code, code) in {(409, "quote_used"), (503, "abandoned")}, answer.text
+                    assert (answer.status_code, code) == (409, "payment_abandoned"), answer.text
                     assert isinstance(await snapshot(store, f"op:{uuid_of(quote['id'])}"), Abandoned), answer.text
                     retried[f"given up {answer.status_code}"] += 1
                 else:

@@ -182,7 +182,7 @@ def test_a_reservation_without_a_payment_is_given_back_and_its_id_closed(cluster
 
     # A create stalled all along finally opens: refused, as its share is no longer counted.
     late, _ = cluster.ask(open_command(grant_id, orphan, 200))
-    assert isinstance(late, Failed) and (late.kind, late.code) == ("unavailable", "abandoned"), late
+    assert isinstance(late, Failed) and (late.kind, late.code) == ("conflict", "payment_abandoned"), late
     assert isinstance(cluster.op_state(orphan), Abandoned)
     # Reserving that id again (a retried quote) is refused rather than taken as still reserved.
     again = reserve(cluster, grant, orphan, 200)

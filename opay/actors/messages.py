@@ -118,10 +118,17 @@ class CheckReservation(msgspec.Struct, frozen=True, tag="op.check"):
 
 
 class OpenOutgoingPayment(msgspec.Struct, frozen=True, tag="op.open"):
+    """Open the payment, or answer the one this same request opened before (a retry)."""
+
     entity_id: str
     payment: OutgoingPayment
     limits: Limits
     fund_at_once: bool
+    # A payment from a quote opens only before the quote's expiresAt (by this entity's clock).
+    quote_expires_at_ms: int | None = None
+    # False: no share of the grant is reserved for this attempt (the quote expired, or the
+    # reservation was given back), so only an existing payment is answered; none is opened.
+    reserved: bool = True
 
 
 class FundOutgoingPayment(msgspec.Struct, frozen=True, tag="op.fund"):

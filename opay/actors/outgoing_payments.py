@@ -10,6 +10,11 @@ The grant reserved this payment's share before the open; the open confirms it. A
 that heard nothing asks (CheckReservation), and the answer here is final because this
 entity is serial: an id never opened becomes a tombstone (`Abandoned`) that refuses any
 later open, so a share is only given back when no payment can ever spend it.
+
+An open that finds its id taken answers a retry of the same create with the payment as it
+is (no write), and anything else with why not (`rules.retried`). A payment from a quote
+opens only before the quote's expiresAt by this entity's clock, and an open that reserved
+nothing (`reserved=False`) only ever answers an existing payment.
 """
 
 from __future__ import annotations
@@ -62,15 +67,24 @@ def _pursue(payment: rules.OutgoingPayment, step: Step) -> None:
 
 
 def open_payment(command: OpenOutgoingPayment, state: rules.OutgoingPayment | rules.Abandoned | None, step: Step) -> None:
-    if isinstance(state, rules.Abandoned):
-        # The grant gave this payment's share back after it asked and found nothing here:
-        # opening it now would spend outside the grant's limits. The client never got a 201
-        # for it; creating the payment again (with a new quote) is the way on.
-        step.reply = Failed("unavailable", "abandoned", "the payment's creation was cut off and given up; create it again")
-        return
+    attempt = rules.attempt_of(command.payment, command.quote_expires_at_ms)
     if state is not None:
-        code = "quote_used" if command.payment.quote_id else "exists"
-        step.reply = Failed("conflict", code, "the quote already backs an outgoing payment")
+        # A retry of the create that made it gets it (unchanged: nothing to write); anything
+        # else is told why not. A tombstone: the grant gave this payment's share back after
+        # it asked and found nothing here, so opening it now would spend outside the grant's
+        # limits; the client never got a 201 for it and is told to create it again.
+        try:
+            step.reply = State(rules.retried(state, attempt, step.now_ms))
+        except DomainError as error:
+            step.reply = failed(error)
+        return
+    if command.quote_expires_at_ms is not None and step.now_ms >= command.quote_expires_at_ms:
+        # Decided here, serially, so a retry and its first attempt agree: the first attempt
+        # opened the payment before expiresAt (answered above), or no attempt ever will.
+        step.reply = Failed("conflict", "quote_expired", "the quote has expired")
+        return
+    if not command.reserved:
+        step.reply = not_found("outgoing payment")
         return
     payment = command.payment
     step.effects.append(SideEffect("zadd", keys.index("op", payment.wallet_address), payment.created_at_ms, command.entity_id))

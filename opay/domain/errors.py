@@ -33,3 +33,9 @@ class Forbidden(DomainError):
     """The grant behind the request does not allow this (e.g. its limits are spent)."""
 
     kind = "forbidden"
+
+
+class Unprocessable(DomainError):
+    """Well formed, but cannot be processed as sent (e.g. an idempotency key reused for another request)."""
+
+    kind = "unprocessable"

@@ -3,6 +3,11 @@
 201 on create means the payment is durably stored in `funding`: no money has moved.
 The ASE funds it (or an auto-fund policy does); settlement then delivers exactly the
 quoted receive amount, once, and the payment completes or fails with its reason.
+
+A create may be retried after a lost reply. The payment's id is derived from what the
+client names it by (the quote's id, or the grant and its `Idempotency-Key`), so a retry
+lands on the payment its first attempt made; `retried` decides what the retry gets: the
+payment itself, or why not.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from typing import Literal
 import msgspec
 
 from opay.domain.amounts import Asset
-from opay.domain.errors import Conflict
+from opay.domain.errors import Conflict, Unprocessable
 
 Phase = Literal["funding", "sending", "completed", "failed"]
 
@@ -37,6 +42,11 @@ class OutgoingPayment(msgspec.Struct, frozen=True, kw_only=True, tag="op"):
     # A failed payment gives its share of the grant back; until that is acknowledged
     # the payment keeps asking (its timer re-drives it).
     grant_released: bool = False
+    # The grant's spending as the create answered it (grantSpentDebitAmount and
+    # grantSpentReceiveAmount of the 201), so a retried create gets that answer again.
+    # None in snapshots written before it was kept.
+    grant_spent_debit: int | None = None
+    grant_spent_receive: int | None = None
 
     @property
     def failed(self) -> bool:
@@ -57,6 +67,92 @@ class Abandoned(msgspec.Struct, frozen=True, kw_only=True, tag="gone"):
     id: str
     grant_id: str
     abandoned_at_ms: int
+
+
+class Attempt(msgspec.Struct, frozen=True, kw_only=True):
+    """What a create asks for, as far as a retry must ask the same to get the same payment:
+    who asks (wallet address, client, grant) and what it asks (the quote, or the receiver
+    and debit amount, and the metadata exactly as sent). The receive amount and fee of a
+    quote-less payment are priced by the server, so they are not part of the request."""
+
+    wallet_address: str
+    client: str | None
+    grant_id: str
+    quote_id: str | None
+    receiver: str
+    debit: int
+    debit_asset: Asset
+    metadata: bytes | None
+    # The quote's expiresAt: an attempt at or after it never opens a payment, and one that
+    # finds no payment opened is told the quote expired.
+    quote_expires_at_ms: int | None = None
+
+
+def attempt_of(payment: OutgoingPayment, quote_expires_at_ms: int | None = None) -> Attempt:
+    return Attempt(
+        wallet_address=payment.wallet_address,
+        client=payment.client,
+        grant_id=payment.grant_id,
+        quote_id=payment.quote_id,
+        receiver=payment.receiver,
+        debit=payment.debit,
+        debit_asset=payment.debit_asset,
+        metadata=payment.metadata,
+        quote_expires_at_ms=quote_expires_at_ms,
+    )
+
+
+def expired() -> Conflict:
+    """The answer to an attempt at or after the quote's expiresAt that finds no payment."""
+    return Conflict("quote_expired", "the quote has expired and no payment was made from it")
+
+
+def abandoned(by_quote: bool) -> Conflict:
+    """The answer to a retry whose first attempt was cut off and given up (a tombstone)."""
+    again = "with a new quote" if by_quote else "with a new Idempotency-Key"
+    return Conflict(
+        "payment_abandoned",
+        "this payment's creation was cut off and given up: it was never made and its share "
+        f"of the grant was given back; create the payment again {again}",
+    )
+
+
+def retried(existing: OutgoingPayment | Abandoned, attempt: Attempt, now_ms: int) -> OutgoingPayment:
+    """What a create gets when its payment id is taken already: the payment, if it is the
+    one this same request made (a retry: whatever happened to it since, and even after
+    the quote's expiresAt, as it was created in time); otherwise why not."""
+    by_quote = attempt.quote_id is not None
+    if isinstance(existing, Abandoned):
+        if attempt.quote_expires_at_ms is not None and now_ms >= attempt.quote_expires_at_ms:
+            raise expired()
+        raise abandoned(by_quote)
+    if (existing.grant_id, existing.client) != (attempt.grant_id, attempt.client):
+        # Another grant's payment (a quote is single use, whoever uses it first).
+        if by_quote:
+            raise Conflict("quote_used", "the quote already backs an outgoing payment")
+        raise Conflict("exists", "an outgoing payment with this id exists")
+    if _asked(existing) != _asked_by(attempt):
+        if by_quote:
+            raise Conflict("quote_used", "the quote already backs an outgoing payment made by a different request")
+        raise Unprocessable(
+            "idempotency_key_reused",
+            "this Idempotency-Key was already used for a different request (walletAddress, incomingPayment, debitAmount or metadata)",
+        )
+    return existing
+
+
+def _asked(payment: OutgoingPayment) -> tuple:
+    return (payment.wallet_address, payment.quote_id, payment.receiver, payment.debit, payment.debit_asset, payment.metadata)
+
+
+def _asked_by(attempt: Attempt) -> tuple:
+    return (attempt.wallet_address, attempt.quote_id, attempt.receiver, attempt.debit, attempt.debit_asset, attempt.metadata)
+
+
+def as_created(payment: OutgoingPayment) -> OutgoingPayment:
+    """The payment as its create answered it (nothing sent, not failed): what a retried
+    create answers again, whatever happened since (GET tells that)."""
+    return msgspec.structs.replace(payment, phase="funding", sent=0, failure=None, grant_released=False)
 
 
 def fund(payment: OutgoingPayment) -> OutgoingPayment:

@@ -87,14 +87,15 @@ def _within_uint64(priced: Price) -> Price:
 
 
 def use(quote: Quote, payment_id: str, now_ms: int) -> Quote:
-    """Bind the quote to one outgoing payment. Binding it again to the same one is a no-op."""
-    if quote.used_by == payment_id:
-        return quote
-    if quote.used_by is not None:
+    """Bind the quote to one outgoing payment, before its expiresAt. Binding it again to the
+    same one is a no-op, but only before expiresAt too: every attempt is checked against
+    now, so a retry after it opens nothing (it may still find the payment an earlier
+    attempt opened in time: the payment entity answers that)."""
+    if quote.used_by is not None and quote.used_by != payment_id:
         raise Conflict("quote_used", "the quote already backs an outgoing payment")
     if now_ms >= quote.expires_at_ms:
         raise Conflict("quote_expired", "the quote has expired")
-    return msgspec.structs.replace(quote, used_by=payment_id)
+    return quote if quote.used_by == payment_id else msgspec.structs.replace(quote, used_by=payment_id)
 
 
 def unuse(quote: Quote, payment_id: str) -> Quote:

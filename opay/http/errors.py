@@ -11,6 +11,7 @@ from opay.domain.errors import DomainError
 STATUS_OF_KIND = {
     "invalid": 400,
     "conflict": 409,
+    "unprocessable": 422,
     "not_found": 404,
     "forbidden": 403,
     "unauthorized": 401,

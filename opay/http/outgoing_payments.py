@@ -1,30 +1,52 @@
 """Resource server: outgoing payments (create, get, list) and the grant's spent amounts.
 
 Creating one touches three entities, each serial on its own: the quote (bound to this
-payment, once), the grant's spend ledger (reserved within the consented limits), then
-the payment itself. A payment made from a quote takes the quote's id, so a retry after a
-lost reply finds its binding and reservation again instead of spending twice, and a
-second payment from the same quote is refused by the payment entity itself. A
-reservation stays tentative until its payment confirms it; if the payment never opens
-(a crash between the steps), the grant's timer asks the payment's entity, which answers
-"absent" by becoming a tombstone that no late create can open, and only then is the
-share given back.
+payment, before its expiresAt), the grant's spend ledger (reserved within the consented
+limits, once per payment id), then the payment itself. A reservation stays tentative until
+its payment confirms it; if the payment never opens (a crash between the steps), the
+grant's timer asks the payment's entity, which answers "absent" by becoming a tombstone
+that no late create can open, and only then is the share given back.
+
+A retry after a lost reply is the same payment. Its id is what the client names it by:
+the quote's id, or, without a quote, derived from the grant and the `Idempotency-Key`
+header (without one, a fresh id: every create is a new payment). So a retry finds what its
+first attempt left, and gets:
+
+- the payment, if it is open under the same grant, client and request (wallet address,
+  quote or receiver and debit amount, metadata as sent): 201 with the first answer's body,
+  the payment as created and the grant's spending as it was then (kept in its state);
+  whatever happened to it since (settled, failed, the quote expired) is for GET to say;
+- 409 `quote_used` if the quote backs another grant's payment or another request's;
+  422 `idempotency_key_reused` if the key named another request;
+- 409 `payment_abandoned` if its create was cut off and given up (a tombstone, or a
+  reservation given back): nothing was paid; create it again with a new quote or key;
+- 409 `quote_expired` at or after the quote's expiresAt when no attempt opened it. The
+  expiry is checked at every attempt: by this front end's clock and the quote entity's
+  (binding), and decisively by the payment entity's when it opens, so a retry and its
+  first attempt cannot disagree: one opened the payment before expiresAt, or none ever
+  will. An attempt past expiresAt reserves nothing and only asks the payment entity.
+
+Each step is idempotent per payment id, so a retry that finds nothing yet (its first
+attempt cut off mid-way) simply runs them again: binding again is a no-op, reserving again
+counts nothing more, and the open answers whichever attempt came first.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from opay.actors.messages import BindQuote, OpenOutgoingPayment, ReadSpend, ReserveSpend, Spent, State, UnbindQuote
+from opay.actors.messages import BindQuote, Failed, OpenOutgoingPayment, ReadSpend, ReserveSpend, Spent, State, UnbindQuote
 from opay.actors.outgoing_payments import grant_entity
 from opay.auth.access import parse_limits
 from opay.clock import now_ms
+from opay.domain import outgoing_payment as rules
 from opay.domain.errors import DomainError
-from opay.domain.outgoing_payment import OutgoingPayment
+from opay.domain.outgoing_payment import Abandoned, Attempt, OutgoingPayment
 from opay.domain.quote import Quote
 from opay.http import wire
 from opay.http.errors import ApiError
@@ -35,6 +57,43 @@ from opay.http.services import read_body, services
 
 KIND = "op"
 PATH = "/outgoing-payments"
+
+
+# Idempotency-Key (draft-ietf-httpapi-idempotency-key-header): an sf-string or a token.
+IDEMPOTENCY_KEY_MAX = 255
+_TOKEN = re.compile(r"[A-Za-z*][A-Za-z0-9!#$%&'*+\-.^_`|~:/]*")
+_STRING_CHARS = re.compile(r'(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*')
+# The namespace of payment ids derived from (grant, Idempotency-Key). Never change it:
+# a retry must land on the id its first attempt drew.
+_KEYED_PAYMENTS = uuid.UUID("0d1f6c8e-3b55-5b7e-9a57-2a1f7c0e4d21")
+
+
+def idempotency_key(request: Request) -> str | None:
+    """The request's Idempotency-Key, or None without one. Bad syntax is 400, not ignored:
+    a client that sent a key counts on it."""
+    values = request.headers.getlist("idempotency-key")
+    if not values:
+        return None
+    text = values[0].strip()
+    if len(values) == 1 and len(text) >= 2 and text[0] == text[-1] == '"' and _STRING_CHARS.fullmatch(text[1:-1]):
+        key = re.sub(r"\\(.)", r"\1", text[1:-1])
+    elif len(values) == 1 and _TOKEN.fullmatch(text):
+        key = text
+    else:
+        raise ApiError(400, "invalid_request", "Idempotency-Key must be one quoted string (or token)", {"field": "Idempotency-Key"})
+    if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX:
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters",
+            {"field": "Idempotency-Key", "maxLength": IDEMPOTENCY_KEY_MAX},
+        )
+    return key
+
+
+def keyed_payment_id(grant_id: str, key: str) -> str:
+    """The payment id a (grant, Idempotency-Key) names: the same on every retry, anywhere."""
+    return str(uuid.uuid5(_KEYED_PAYMENTS, f"{grant_id}\n{key}"))
 
 
 async def create(request: Request) -> Response:
@@ -49,42 +108,92 @@ async def create(request: Request) -> Response:
         not by_quote and (parsed.incomingPayment is None or parsed.debitAmount is None)
     ):
         raise ApiError(400, "invalid_request", "give quoteId, or incomingPayment with debitAmount")
+    key = None if by_quote else idempotency_key(request)  # with a quote, the quote is the key
     limits = parse_limits(principal.permit.item.limits)
     sender = await sender_wallet(s, parsed.walletAddress)
     now = now_ms()
+    client = principal.client.identity
+    quote: Quote | None = None
     if by_quote:
         assert parsed.quoteId is not None
         quote_uuid = uuid_in_url(s, parsed.quoteId, "quotes")
-        quote = None if quote_uuid is None else await s.queries.entity(f"quote:{quote_uuid}")
-        if not isinstance(quote, Quote):
+        found = None if quote_uuid is None else await s.queries.entity(f"quote:{quote_uuid}")
+        if not isinstance(found, Quote):
             raise ApiError(404, "unknown_quote", "no such quote")
+        quote = found
         if quote.wallet_address != parsed.walletAddress:
             raise ApiError(400, "invalid_quote", "the quote belongs to another wallet address")
         payment_id = quote.id
-        await s.ask(BindQuote(f"quote:{quote.id}", payment_id, parsed.walletAddress))
+        attempt = Attempt(
+            wallet_address=parsed.walletAddress,
+            client=client,
+            grant_id=caller.grant,
+            quote_id=quote.id,
+            receiver=quote.receiver,
+            debit=quote.debit,
+            debit_asset=quote.debit_asset,
+            metadata=metadata,
+            quote_expires_at_ms=quote.expires_at_ms,
+        )
+    else:
+        assert parsed.incomingPayment is not None and parsed.debitAmount is not None
+        debit_value, debit_asset = parsed.debitAmount.parse("debitAmount")
+        payment_id = str(uuid.uuid4()) if key is None else keyed_payment_id(caller.grant, key)
+        attempt = Attempt(
+            wallet_address=parsed.walletAddress,
+            client=client,
+            grant_id=caller.grant,
+            quote_id=None,
+            receiver=parsed.incomingPayment,
+            debit=debit_value,
+            debit_asset=debit_asset,
+            metadata=metadata,
+        )
+    if by_quote or key is not None:
+        # Maybe a retry after a lost reply: the payment its first attempt made answers it.
+        existing = await s.queries.entity(f"{KIND}:{payment_id}")
+        if isinstance(existing, (OutgoingPayment, Abandoned)):
+            return await _created(s, rules.retried(existing, attempt, now), limits, caller.grant)
+    # Whether a share of the grant is reserved for this attempt: without one, the payment
+    # entity only answers a payment an earlier attempt opened, and never opens one.
+    expired = quote is not None and now >= quote.expires_at_ms
+    if quote is not None and not expired:
+        try:
+            await s.ask(BindQuote(f"quote:{quote.id}", payment_id, parsed.walletAddress))
+        except ApiError as error:
+            if error.code != "quote_expired":
+                raise
+            expired = True  # by the quote entity's clock
+    if quote is not None:
         terms = (quote.receiver, quote.receive_asset, quote.debit, quote.receive, quote.fee)
     else:
-        assert parsed.incomingPayment is not None
         receiver, priced = await price_quote(
-            s, sender=sender, receiver_url=parsed.incomingPayment, debit=parsed.debitAmount, receive=None
+            s, sender=sender, receiver_url=attempt.receiver, debit=parsed.debitAmount, receive=None
         )
-        payment_id = str(uuid.uuid4())
-        terms = (parsed.incomingPayment, receiver.asset, priced.debit, priced.receive, priced.fee)
+        terms = (attempt.receiver, receiver.asset, priced.debit, priced.receive, priced.fee)
     receiver_url, receive_asset, debit, receive, fee = terms
-    try:
-        spent = await s.ask(
-            ReserveSpend(grant_entity(caller.grant), payment_id, limits, debit, sender.asset, receive, receive_asset, receiver_url)
-        )
-    except (ApiError, DomainError):
-        if by_quote:
-            # The quote may still serve under a grant that allows it.
-            await s.router.ask(UnbindQuote(f"quote:{payment_id}", payment_id))
-        raise
-    assert isinstance(spent, Spent)
+    spent: Spent | None = None
+    reserved = not expired
+    if reserved:
+        try:
+            reply = await s.ask(
+                ReserveSpend(grant_entity(caller.grant), payment_id, limits, debit, sender.asset, receive, receive_asset, receiver_url)
+            )
+            assert isinstance(reply, Spent)
+            spent = reply
+        except (ApiError, DomainError) as error:
+            if not isinstance(error, ApiError) or (error.status, error.code) != (409, "quote_used"):
+                if quote is not None:
+                    # The quote may still serve under a grant that allows it.
+                    await s.router.ask(UnbindQuote(f"quote:{payment_id}", payment_id))
+                raise
+            # This id's share was given back (its payment failed, or its create was cut off
+            # and given up): only the payment entity can say which. Ask it, reserving nothing.
+            reserved = False
     payment = OutgoingPayment(
         id=payment_id,
         wallet_address=parsed.walletAddress,
-        client=principal.client.identity,
+        client=client,
         grant_id=caller.grant,
         quote_id=payment_id if by_quote else None,
         receiver=receiver_url,
@@ -95,12 +204,44 @@ async def create(request: Request) -> Response:
         fee=fee,
         metadata=metadata,
         created_at_ms=now,
+        grant_spent_debit=None if spent is None else spent.debit,
+        grant_spent_receive=None if spent is None else spent.receive,
     )
-    reply = await s.ask(OpenOutgoingPayment(f"{KIND}:{payment_id}", payment, limits, s.settings.auto_fund))
-    assert isinstance(reply, State)
-    view = wire.outgoing_payment(reply.state, s.settings.resource_server_url)  # type: ignore[arg-type]
-    view["grantSpentDebitAmount"] = wire.amount(spent.debit, sender.asset)
-    view["grantSpentReceiveAmount"] = wire.amount(spent.receive, receive_asset)
+    opened = await s.router.ask(
+        OpenOutgoingPayment(
+            f"{KIND}:{payment_id}",
+            payment,
+            limits,
+            s.settings.auto_fund,
+            quote_expires_at_ms=None if quote is None else quote.expires_at_ms,
+            reserved=reserved,
+        )
+    )
+    if isinstance(opened, Failed) and opened.kind == "unavailable":
+        # The open's outcome is unknown (a deadline, a shard restarting): ask again before
+        # answering 503, as it may have landed.
+        existing = await s.queries.entity(f"{KIND}:{payment_id}")
+        if isinstance(existing, OutgoingPayment):
+            return await _created(s, rules.retried(existing, attempt, now), limits, caller.grant)
+    if isinstance(opened, Failed):
+        if opened.kind == "not_found":  # nothing reserved, and no earlier attempt opened it
+            raise ApiError.from_domain(rules.expired() if expired else rules.abandoned(by_quote))
+        raise ApiError.of(opened.kind, opened.code, opened.description, opened.details)
+    assert isinstance(opened, State) and isinstance(opened.state, OutgoingPayment)
+    return await _created(s, opened.state, limits, caller.grant)
+
+
+async def _created(s, payment: OutgoingPayment, limits, grant_id: str) -> Response:
+    """The 201 of a create, the same for the first attempt and every retry: the payment as
+    created, with the grant's spending as it was then."""
+    view = wire.outgoing_payment(rules.as_created(payment), s.settings.resource_server_url)
+    spent = (payment.grant_spent_debit, payment.grant_spent_receive)
+    if spent[0] is None or spent[1] is None:  # a payment stored before these were kept
+        now_spent = await s.ask(ReadSpend(grant_entity(grant_id), limits))
+        assert isinstance(now_spent, Spent)
+        spent = (now_spent.debit, now_spent.receive)
+    view["grantSpentDebitAmount"] = wire.amount(spent[0], payment.debit_asset)
+    view["grantSpentReceiveAmount"] = wire.amount(spent[1], payment.receive_asset)
     return json(201, view)
 
 
