@@ -1,6 +1,8 @@
-"""A minimal STREAM sender built from opay.ilp codecs, as any ILP sender would build packets.
+"""A minimal STREAM sender built from opay.ilp codecs, as any ILP sender would build packets,
+and a recording proxy to put between any sender and the server.
 
-It talks synchronous ILP-over-HTTP to `POST {public_url}/ilp` and decodes what comes back.
+The sender talks synchronous ILP-over-HTTP to `POST {public_url}/ilp` and decodes what
+comes back.
 """
 
 from __future__ import annotations
@@ -8,10 +10,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import Callable
 
 import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from opay.ilp.packet import Fulfill, Prepare, Reject, decode_packet
 from opay.ilp.stream import (
@@ -23,6 +33,8 @@ from opay.ilp.stream import (
     encrypt_stream_packet,
     fulfillment_for,
 )
+
+from tests.support import free_port
 
 PEER_TOKEN = "peer-token-for-tests"
 OTHER_PEER_TOKEN = "second-peer-token"
@@ -149,3 +161,91 @@ async def received(world, payment: dict, token: str) -> tuple[int, bool]:
     assert response.status_code == 200, response.text
     body = response.json()
     return int(body["receivedAmount"]["value"]), body["completed"]
+
+
+# ---------------------------------------------------------------- recording proxy
+
+
+@dataclass
+class Exchange:
+    request: bytes
+    response: bytes
+    lost: bool = False  # the server answered, but the proxy did not pass the answer on
+
+    @property
+    def prepare(self) -> Prepare | None:
+        try:
+            packet = decode_packet(self.request)
+        except ValueError:
+            return None
+        return packet if isinstance(packet, Prepare) else None
+
+    @property
+    def reply(self) -> Fulfill | Reject | None:
+        try:
+            packet = decode_packet(self.response)
+        except ValueError:
+            return None
+        return packet if isinstance(packet, (Fulfill, Reject)) else None
+
+
+def is_fulfill(exchange: Exchange) -> bool:
+    return isinstance(exchange.reply, Fulfill)
+
+
+class RecordingProxy:
+    """Forwards POST /ilp to the server verbatim and keeps every request and response body.
+
+    `lose(n)` makes it drop the server's next n answers that match (Fulfills by default)
+    on the way back: the server has answered, the sender gets a 502 instead, as when a
+    connection breaks after the server replied."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/ilp"
+        self._lock = threading.Lock()
+        self._exchanges: list[Exchange] = []
+        self._to_lose = 0
+        self._lose_when: Callable[[Exchange], bool] = is_fulfill
+        self._http: httpx.AsyncClient | None = None
+        app = Starlette(routes=[Route("/ilp", self._forward, methods=["POST"])])
+        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def lose(self, n: int, when: Callable[[Exchange], bool] = is_fulfill) -> None:
+        with self._lock:
+            self._to_lose, self._lose_when = n, when
+
+    async def _forward(self, request: Request) -> Response:
+        body = await request.body()
+        headers = {k: v for k, v in request.headers.items() if k in ("authorization", "content-type")}
+        if self._http is None:  # made in the proxy's own event loop, and kept
+            self._http = httpx.AsyncClient(timeout=60)
+        answer = await self._http.post(self.target, content=body, headers=headers)
+        if answer.status_code == 200:
+            exchange = Exchange(body, answer.content)
+            with self._lock:
+                if self._to_lose > 0 and self._lose_when(exchange):
+                    self._to_lose -= 1
+                    exchange.lost = True
+                self._exchanges.append(exchange)
+            if exchange.lost:
+                return Response(b"the answer was lost on the way back", status_code=502)
+        return Response(answer.content, status_code=answer.status_code, media_type=answer.headers.get("content-type"))
+
+    def exchanges_to(self, ilp_address: str) -> list[Exchange]:
+        with self._lock:
+            return [e for e in self._exchanges if e.prepare is not None and e.prepare.destination == ilp_address]
+
+    def start(self) -> "RecordingProxy":
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            assert time.monotonic() < deadline, "recording proxy did not start"
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)

@@ -5,11 +5,13 @@ Metadata is kept as the JSON text the client sent: a number too large for any in
 codec (10**30) is stored and shown exactly, and never hangs the commands batched with it.
 Every refusal is a 400 that stores nothing (Redis key counts, as in test_bad_input).
 A credit's journal entry is named by its source (operator, settlement, ILP), so no
-operator idempotency key can stand for a settlement or an ILP connection's window.
+operator idempotency key can stand for a settlement or an ILP packet's entry.
 """
 
 from __future__ import annotations
 
+import os
+import time
 import urllib.parse
 import uuid
 
@@ -19,6 +21,7 @@ import pytest
 
 from opay.actors.incoming_payments import journal_key
 from opay.actors.messages import CreditIncomingPayment, Credited
+from opay.domain import packet_dedupe
 from opay.http.wire import METADATA_MAX_DEPTH
 from opay.persistence import keys
 from opay.persistence.embedded_redis import EmbeddedRedis
@@ -272,26 +275,31 @@ async def test_operator_keys_cannot_stand_for_a_settlement(world) -> None:
     assert after["receivedAmount"] == usd(1500), after
 
 
-def test_operator_keys_cannot_disturb_an_ilp_replay_window(embedded: EmbeddedRedis) -> None:
+def test_operator_keys_cannot_disturb_an_ilp_packet_entry(embedded: EmbeddedRedis) -> None:
     host = host_for(embedded)
     entity_id = open_on(host, incoming_amount=None)
-    connection = "c-" + uuid.uuid4().hex
+    condition = os.urandom(32)
+    expires_at_ms = int(time.time() * 1000) + 60_000
+    bucket = journal_key("ilp", packet_dedupe.bucket_name(condition))
 
-    def ilp(sequence: int) -> Credited:
-        [reply] = handle(host, [CreditIncomingPayment(entity_id, 10, "ilp", connection=connection, sequence=sequence)])
+    def ilp(amount: int = 10) -> Credited:
+        [reply] = handle(host, [CreditIncomingPayment(entity_id, amount, "ilp", condition=condition, expires_at_ms=expires_at_ms)])
         assert isinstance(reply, Credited), reply
         return reply
 
-    assert ilp(0).outcome.accepted
-    for key in (f"ilpc:{connection}", journal_key("ilp", connection)):
+    assert ilp().outcome.accepted
+    for key in (f"ilpc:{bucket}", bucket, packet_dedupe.bucket_name(condition)):
         [reply] = handle(host, [CreditIncomingPayment(entity_id, 7, "operator", key)])
         assert isinstance(reply, Credited) and reply.outcome.accepted and not reply.replayed, reply
-    # A fresh host reads the journal from Redis: the window is intact beside the operator's entries.
+    # A fresh host reads the journal from Redis: the packet's entry is intact beside the operator's.
     host = host_for(embedded)
-    again = ilp(0)
-    assert again.replayed and not again.outcome.accepted and again.received_now == 24
-    assert ilp(1).outcome.accepted
-    assert ilp(1).replayed
+    again = ilp()
+    assert again.replayed and again.outcome.accepted and again.received_now == 31
     journal = client_for(embedded).hgetall(keys.journal(entity_id))
     names = {name.decode() for name in journal}
-    assert names == {journal_key("ilp", connection), journal_key("operator", f"ilpc:{connection}"), journal_key("operator", journal_key("ilp", connection))}
+    assert names == {
+        bucket,
+        journal_key("operator", f"ilpc:{bucket}"),
+        journal_key("operator", bucket),
+        journal_key("operator", packet_dedupe.bucket_name(condition)),
+    }

@@ -116,20 +116,38 @@ def test_time_parsing_truncates_and_requires_an_offset() -> None:
             parse_rfc3339_ms(bad, "t")
 
 
-@given(st.lists(st.integers(0, 3_000), max_size=300))
-def test_replay_window_admits_each_sequence_once(sequences: list[int]) -> None:
-    from opay.domain.replay_window import WINDOW, ReplayWindow, mark, was_seen
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(1, 5), st.integers(1, 30)), max_size=300))
+def test_packet_dedupe_credits_each_live_condition_once_and_stays_bounded(packets: list[tuple[int, int, int]]) -> None:
+    """(condition, amount, ms until expiry), at a clock that moves on: a live condition is
+    admitted once and then found with its amount; an expired one may be admitted anew;
+    a bucket holds only live entries, never more than BUCKET_MAX."""
+    from opay.domain import packet_dedupe as dd
     from opay.persistence import codec
 
-    window, admitted = ReplayWindow(), set()
-    for sequence in sequences:
-        if was_seen(window, sequence):
-            # A replay, or too far behind the newest to judge: never admitted twice.
-            assert sequence in admitted or window.top - sequence >= WINDOW
-        else:
-            assert sequence not in admitted
-            admitted.add(sequence)
-            window = mark(window, sequence)
-            # It is journaled after every packet: it must always encode.
-            assert codec.decode(codec.encode(window), ReplayWindow) == window
-    assert window.seen < 1 << WINDOW
+    buckets: dict[str, dd.Bucket] = {}
+    live: dict[bytes, tuple[int, int]] = {}  # the model: condition -> (amount, expires_at_ms)
+    for now, (c, amount, ttl) in enumerate(packets):
+        condition = bytes([c]) * 32
+        name = dd.bucket_name(condition)
+        bucket = buckets.get(name, dd.Bucket())
+        found = dd.find(bucket, condition, now)
+        model = live.get(condition)
+        if model is not None and model[1] > now:
+            assert found == dd.Seen(condition, model[0], model[1])
+            continue
+        assert found is None
+        added = dd.add(bucket, dd.Seen(condition, amount, now + ttl), now)
+        assert added is not None  # 41 conditions never fill a bucket
+        assert all(s.expires_at_ms > now for s in added.seen) and len(added.seen) <= dd.BUCKET_MAX
+        assert codec.decode(codec.encode(added), dd.Bucket) == added  # journaled after every packet
+        buckets[name] = added
+        live[condition] = (amount, now + ttl)
+
+
+def test_a_full_dedupe_bucket_refuses_rather_than_grows() -> None:
+    from opay.domain import packet_dedupe as dd
+
+    bucket = dd.Bucket(tuple(dd.Seen(bytes([0, n % 256, n // 256]) + bytes(29), 1, 100) for n in range(dd.BUCKET_MAX)))
+    assert dd.add(bucket, dd.Seen(bytes(32), 1, 100), 50) is None
+    pruned = dd.add(bucket, dd.Seen(bytes(32), 1, 200), 100)  # all expired at 100: pruned
+    assert pruned is not None and pruned.seen == (dd.Seen(bytes(32), 1, 200),)

@@ -13,23 +13,16 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import threading
-import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
-from opay.ilp.packet import Fulfill, Prepare, Reject, decode_packet
-from tests.ilp_support import PEER_TOKEN, ilp_env, ilp_method, received
-from tests.support import OpayServer, free_port
+from opay.ilp.packet import Fulfill, Reject, decode_packet
+from opay.ilp.stream import condition_for, fulfillment_for
+from tests.ilp_support import PEER_TOKEN, RecordingProxy, b64url_decode, ilp_env, ilp_method, received
+from tests.support import OpayServer
 
 pytestmark = pytest.mark.anyio
 
@@ -41,71 +34,6 @@ NODE_TIMEOUT_MS = 8000
 
 def usd(value: int) -> dict:
     return {"value": str(value), "assetCode": "USD", "assetScale": 2}
-
-
-# ---------------------------------------------------------------- recording proxy
-
-
-@dataclass
-class Exchange:
-    request: bytes
-    response: bytes
-
-    @property
-    def prepare(self) -> Prepare | None:
-        try:
-            packet = decode_packet(self.request)
-        except ValueError:
-            return None
-        return packet if isinstance(packet, Prepare) else None
-
-    @property
-    def reply(self) -> Fulfill | Reject | None:
-        try:
-            packet = decode_packet(self.response)
-        except ValueError:
-            return None
-        return packet if isinstance(packet, (Fulfill, Reject)) else None
-
-
-class RecordingProxy:
-    """Forwards POST /ilp to the server verbatim and keeps every request and response body."""
-
-    def __init__(self, target: str) -> None:
-        self.target = target
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/ilp"
-        self._lock = threading.Lock()
-        self._exchanges: list[Exchange] = []
-        app = Starlette(routes=[Route("/ilp", self._forward, methods=["POST"])])
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"))
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-
-    async def _forward(self, request: Request) -> Response:
-        body = await request.body()
-        headers = {k: v for k, v in request.headers.items() if k in ("authorization", "content-type")}
-        async with httpx.AsyncClient(timeout=30) as http:
-            answer = await http.post(self.target, content=body, headers=headers)
-        if answer.status_code == 200:
-            with self._lock:
-                self._exchanges.append(Exchange(body, answer.content))
-        return Response(answer.content, status_code=answer.status_code, media_type=answer.headers.get("content-type"))
-
-    def exchanges_to(self, ilp_address: str) -> list[Exchange]:
-        with self._lock:
-            return [e for e in self._exchanges if e.prepare is not None and e.prepare.destination == ilp_address]
-
-    def start(self) -> "RecordingProxy":
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            assert time.monotonic() < deadline, "recording proxy did not start"
-            time.sleep(0.02)
-        return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
 
 
 # ---------------------------------------------------------------- fixtures
@@ -268,7 +196,7 @@ async def test_tampered_address_credits_nothing(node, proxy, world, token, mode)
 
 
 @pytest.mark.parametrize("mode", ["stream", "pay"])
-async def test_replayed_prepares_credit_nothing(node, proxy, world, token, mode) -> None:
+async def test_resent_prepares_get_their_fulfill_again_and_credit_nothing(node, proxy, world, token, mode) -> None:
     payment, credentials = await new_payment(world, token)
     result = await send(node, proxy, mode, credentials, 4321)
     assert "error" not in result, result
@@ -283,10 +211,33 @@ async def test_replayed_prepares_credit_nothing(node, proxy, world, token, mode)
             )
             assert answer.status_code == 200
             reply = decode_packet(answer.content)
-            assert isinstance(reply, Reject), reply
             if isinstance(exchange.reply, Fulfill):
-                assert reply.code == "F99", reply  # the replay path, not an expiry
+                # The sender that lost this Fulfill learns it paid: the same fulfillment.
+                assert isinstance(reply, Fulfill) and reply.fulfillment == exchange.reply.fulfillment, reply
+            else:
+                assert isinstance(reply, Reject) and reply.code == exchange.reply.code, (reply, exchange.reply)
     assert await received(world, payment, token) == (4321, False)
+
+
+async def test_pay_again_on_the_same_credentials_restarts_sequences_and_is_credited(node, proxy, world, token) -> None:
+    """As Rafiki does for every quote and retry: each `pay` run on the same shared secret
+    numbers its packets from 0 again. Each run is new money, credited in full."""
+    payment, credentials = await new_payment(world, token)
+    total = 0
+    for amount in (1234, 1234, 4321):
+        result = await send(node, proxy, "pay", credentials, amount)
+        assert "error" not in result and result["amountDelivered"] == str(amount), result
+        total += amount
+        assert await received(world, payment, token) == (total, False)
+    assert fulfilled_sum(proxy, credentials["ilpAddress"])[0] == total
+    # No money packet was refused (a sequence-keyed window refuses each reused sequence
+    # until the sender numbers past the last run's: F99 packet after packet).
+    secret = b64url_decode(credentials["sharedSecret"])
+    money = [
+        e for e in proxy.exchanges_to(credentials["ilpAddress"])
+        if e.prepare.amount > 0 and condition_for(fulfillment_for(secret, e.prepare.data)) == e.prepare.execution_condition
+    ]
+    assert money and not [e.reply for e in money if isinstance(e.reply, Reject) and e.reply.code == "F99"]
 
 
 async def test_operator_credit_and_ilp_share_one_total(node, proxy, world, token) -> None:

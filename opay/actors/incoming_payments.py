@@ -18,7 +18,7 @@ from opay.actors.messages import (
 )
 from opay.domain import incoming_payment as rules
 from opay.domain.errors import DomainError
-from opay.domain.replay_window import ReplayWindow, mark, was_seen
+from opay.domain import packet_dedupe
 from opay.persistence import codec, keys
 from opay.persistence.snapshots import SideEffect
 
@@ -51,7 +51,7 @@ SOURCES = frozenset(get_args(CreditSource))
 def journal_key(source: str, key: str) -> str:
     """The one place a credit's journal entry is named: `<source>:<key>`. The sources'
     prefixes differ and none is a prefix of another, so an operator's idempotency key
-    (whatever it says) never names a settlement's entry or an ILP connection's window."""
+    (whatever it says) never names a settlement's entry or an ILP packet's."""
     if source not in SOURCES:
         raise ValueError(f"unknown credit source {source!r}")
     return f"{source}:{key}"
@@ -64,7 +64,7 @@ def credit(command: CreditIncomingPayment, state: rules.IncomingPayment | None, 
     if command.source == "ilp":
         _credit_packet(command, state, step)
         return
-    if not command.idempotency_key or command.connection:
+    if not command.idempotency_key or command.condition:
         step.reply = Failed("invalid", "invalid_request", "a credit needs an idempotency key")
         return
     key = journal_key(command.source, command.idempotency_key)
@@ -86,24 +86,51 @@ def credit(command: CreditIncomingPayment, state: rules.IncomingPayment | None, 
         step.record(key, codec.encode(outcome))
 
 
+PREPARE_EXPIRED = Failed("invalid", "prepare_expired", "the ILP Prepare has expired; nothing was credited")
+PACKETS_IN_FLIGHT = Failed(
+    "unavailable", "too_many_packets", "too many unexpired ILP packets for this payment are remembered; retry shortly"
+)
+
+
 def _credit_packet(command: CreditIncomingPayment, state: rules.IncomingPayment, step: Step) -> None:
-    """An ILP packet: a sequence seen on this connection is a replay and credits nothing.
-    Only accepted packets are marked, so a refused one may be sent again."""
-    if not command.connection or command.sequence < 0:
-        step.reply = Failed("invalid", "invalid_request", "an ILP credit needs its connection and sequence")
+    """An ILP packet, named by its executionCondition (packet_dedupe). A condition that
+    already credited is an exact resend: it credits nothing and answers as the first did
+    (accepted, so the receiver fulfils it again). A packet is never credited at or after
+    its Prepare's expiry. Only accepted packets are remembered, so a refused one may come
+    again."""
+    if len(command.condition) != 32 or command.expires_at_ms <= 0 or command.idempotency_key:
+        step.reply = Failed("invalid", "invalid_request", "an ILP credit needs its condition and expiry")
         return
-    key = journal_key("ilp", command.connection)
+    if step.now_ms >= command.expires_at_ms:
+        step.reply = PREPARE_EXPIRED
+        return
+    key = journal_key("ilp", packet_dedupe.bucket_name(command.condition))
     raw = step.journal_entry(key)
-    window = ReplayWindow() if raw is None else codec.decode(raw, ReplayWindow)
-    if was_seen(window, command.sequence):
-        refused = rules.CreditOutcome(
-            amount=command.amount, accepted=False, refused_code="replayed", received=state.received, completed=state.completed
-        )
-        step.reply = Credited(refused, state.asset, True, state.received, state.incoming_amount)
+    bucket = packet_dedupe.Bucket() if raw is None else codec.decode(raw, packet_dedupe.Bucket)
+    seen = packet_dedupe.find(bucket, command.condition, step.now_ms)
+    if seen is not None:
+        if seen.amount != command.amount:
+            step.reply = Failed(
+                "conflict", "condition_reused", "this packet's condition credited another amount", {"amount": str(seen.amount)}
+            )
+            return
+        again = rules.CreditOutcome(amount=seen.amount, accepted=True, received=state.received, completed=state.completed)
+        step.reply = Credited(again, state.asset, True, state.received, state.incoming_amount)
+        return
+    added = packet_dedupe.add(bucket, packet_dedupe.Seen(command.condition, command.amount, command.expires_at_ms), step.now_ms)
+    if added is None:
+        step.reply = PACKETS_IN_FLIGHT
         return
     outcome = _apply(command, state, step)
     if outcome is not None and outcome.accepted:
-        step.record(key, codec.encode(mark(window, command.sequence)))
+        step.record(key, codec.encode(added))
+
+
+def credit_journal_keys(command: CreditIncomingPayment) -> tuple[str, ...]:
+    """The journal entry a credit will read (for a host that prefetches journal keys)."""
+    if command.source == "ilp":
+        return (journal_key("ilp", packet_dedupe.bucket_name(command.condition)),) if command.condition else ()
+    return (journal_key(command.source, command.idempotency_key),) if command.idempotency_key else ()
 
 
 def _apply(command: CreditIncomingPayment, state: rules.IncomingPayment, step: Step) -> rules.CreditOutcome | None:
@@ -164,3 +191,5 @@ HANDLERS = {
     CompleteIncomingPayment: complete,
     ExpireIncomingPayment: expire,
 }
+
+JOURNAL_KEYS = {CreditIncomingPayment: credit_journal_keys}

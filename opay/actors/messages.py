@@ -34,15 +34,16 @@ CreditSource = Literal["operator", "settlement", "ilp"]
 
 class CreditIncomingPayment(msgspec.Struct, frozen=True, tag="ip.credit"):
     """A credit, deduplicated by its idempotency key (kept for good), or, for ILP packets,
-    by (connection, sequence) in a bounded replay window per connection. `source` is set
-    by the code path that sends it, never taken from the input."""
+    by the Prepare's executionCondition (kept until the Prepare expires; never credited at
+    or after `expires_at_ms`). `source` is set by the code path that sends it, never taken
+    from the input."""
 
     entity_id: str
     amount: int
     source: CreditSource
     idempotency_key: str = ""
-    connection: str = ""
-    sequence: int = -1
+    condition: bytes = b""  # ILP: the Prepare's executionCondition (32 bytes)
+    expires_at_ms: int = 0  # ILP: the Prepare's expiresAt
 
 
 class CompleteIncomingPayment(msgspec.Struct, frozen=True, tag="ip.complete"):

@@ -70,7 +70,10 @@ class ShardRouter:
     def shard_count(self) -> int:
         return self._shards.count
 
-    async def ask(self, command: Command) -> Reply:
+    async def ask(self, command: Command, deadline_seconds: float | None = None) -> Reply:
+        """The command's reply, or DEADLINE after the router's deadline (or the caller's
+        own, when shorter: an ILP Prepare has only until its expiry)."""
+        deadline = self._deadline if deadline_seconds is None else max(0.0, min(self._deadline, deadline_seconds))
         try:
             payload = encode(command)
         except (TypeError, ValueError, OverflowError) as error:
@@ -86,7 +89,7 @@ class ShardRouter:
         self._ready[n].set()
         try:
             # On timeout the future is cancelled: a pump that has not sent it yet skips it.
-            return await asyncio.wait_for(reply, self._deadline)
+            return await asyncio.wait_for(reply, deadline)
         except asyncio.TimeoutError:
             return DEADLINE
 

@@ -1,15 +1,17 @@
 """The STREAM receiver: one ILP Prepare in, one Fulfill or Reject out.
 
 Stateless apart from a cache of facts that never change (a payment's asset and cap):
-the ILP address carries the incoming payment (sealed, see credentials.py), the money goes
-through the payment's entity actor exactly like an operator credit, and the entity's
-replay window per connection (bounded, however many packets arrive) is what makes a
-replayed Prepare harmless.
+the ILP address carries the incoming payment (sealed, see credentials.py), and the money
+goes through the payment's entity actor exactly like an operator credit. The entity names
+each packet by its executionCondition (packet_dedupe), which STREAM derives from the
+shared secret and the encrypted data: an exact resend of a credited Prepare credits
+nothing and is fulfilled again with the same fulfillment (recomputed here from the data);
+a new packet that reuses a STREAM sequence has another condition and is credited.
 
 Order of checks, each answering without crediting anything:
   undecodable / not a Prepare      F01
   peer.config                      IL-DCP answer (a Fulfill)
-  expiresAt in the past            R00
+  expiresAt not in the future      R00
   amount > max packet amount       F08 (data: amount received, maximum; UInt64 each)
   address not ours, token forged   F02
   STREAM data fails to decrypt     F06
@@ -17,9 +19,15 @@ Order of checks, each answering without crediting anything:
   payment's asset is not the peering asset  F02 (amounts would be in another unit)
   unfulfillable (probe), amount < prepareAmount, ConnectionClose, completed or expired
                                    F99 with an encrypted STREAM reply
-Then a money packet is credited through `credit(payment uuid, amount, connection,
-sequence)`, and only an accepted, first-time credit is fulfilled. A replay or a refusal
-(cap, completed, expired, overflow) is F99; storage or actor trouble is T00.
+Then a money packet is credited through `credit(payment uuid, amount, condition,
+expires_at_ms, timeout)`, and the answer says what happened:
+  credited now, or credited before (an exact resend)    Fulfill
+  refused (cap, completed, expired payment, overflow, condition reused with another amount)
+                                                        F99 with an encrypted STREAM reply
+  the Prepare expired before the entity applied it      R00 (never fulfilled after expiresAt)
+  the payment remembers too many unexpired packets       T05
+  outcome unknown (shard timeout, storage down)         asked again once, within the
+                                                        Prepare's time; still unknown: T00
 
 Every STREAM reply carries ConnectionAssetDetails (the payment's asset) and, for each
 stream the sender named, StreamMaxMoney(receiveMax = incomingAmount or 2^64-1,
@@ -36,6 +44,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Awaitable, Callable
 
+from opay.actors import incoming_payments
 from opay.actors.messages import Credited, Failed, Reply
 from opay.domain import incoming_payment as rules
 from opay.domain.amounts import Asset
@@ -61,12 +70,18 @@ from opay.ilp.stream import (
 
 log = logging.getLogger("opay.ilp")
 
+# The entity's refusals that mean something on the wire.
+PREPARE_EXPIRED = incoming_payments.PREPARE_EXPIRED.code
+TOO_MANY_PACKETS = incoming_payments.PACKETS_IN_FLIGHT.code
+UNKNOWN = Failed("unavailable", "unknown", "the credit's outcome is unknown")
+
 PEER_CONFIG = "peer.config"
 _ILDCP_FULFILLMENT = bytes(32)
 _ILDCP_CONDITION = hashlib.sha256(_ILDCP_FULFILLMENT).digest()
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
-CreditFn = Callable[[str, int, str, int], Awaitable[Reply]]
+# (payment uuid, amount, executionCondition, expires_at_ms, timeout seconds) -> reply
+CreditFn = Callable[[str, int, bytes, int, float], Awaitable[Reply]]
 LookupFn = Callable[[str], Awaitable[IncomingPayment | None]]
 
 
@@ -91,11 +106,6 @@ class _Facts:
 
     asset: Asset
     incoming_amount: int | None
-
-
-def connection_id(token: bytes) -> str:
-    """A connection is its token; its packets are told apart by STREAM sequence."""
-    return hashlib.sha256(token).hexdigest()[:32]
 
 
 def peer_label(bearer_token: str) -> str:
@@ -132,7 +142,7 @@ class StreamReceiver:
             return self._reject("F01", "expected an ILP Prepare")
         if prepare.destination == PEER_CONFIG:
             return self._ildcp(prepare, peer)
-        if prepare.expires_at < now:
+        if prepare.expires_at <= now:
             return self._reject("R00", "the Prepare has expired")
         limit = self.config.max_packet_amount
         if limit and prepare.amount > limit:
@@ -151,7 +161,7 @@ class StreamReceiver:
         if request.ilp_packet_type != IlpPacketType.PREPARE:
             return self._reject("F06", "STREAM packet type does not match the ILP Prepare")
         try:
-            return await self._money(prepare, request, payment_uuid, token, secret, now)
+            return await self._money(prepare, request, payment_uuid, secret, now)
         except Exception as error:  # Redis, Ray, a shard: never a Fulfill when unsure
             log.warning("ILP packet for %s answered T00: %r", payment_uuid, error)
             return self._reject("T00", "temporarily unable to credit; retry")
@@ -159,7 +169,7 @@ class StreamReceiver:
     # ------------------------------------------------------------------ STREAM
 
     async def _money(
-        self, prepare: Prepare, request: StreamPacket, payment_uuid: str, token: bytes, secret: bytes, now: datetime
+        self, prepare: Prepare, request: StreamPacket, payment_uuid: str, secret: bytes, now: datetime
     ) -> bytes:
         facts = self._facts.get(payment_uuid)
         current: IncomingPayment | None = None
@@ -186,24 +196,46 @@ class StreamReceiver:
             if prepare.amount == 0:
                 return self._stream_fulfill(prepare, request, secret, fulfillment, frames)
 
-        reply = await self._credit(payment_uuid, prepare.amount, connection_id(token), request.sequence)
+        reply = await self._credit_once_known(payment_uuid, prepare)
         if isinstance(reply, Failed):
             if reply.kind == "not_found":
                 return self._reject("F02", "no such incoming payment")
+            if reply.code == PREPARE_EXPIRED:
+                return self._reject("R00", "the Prepare expired before it could be credited")
+            if reply.code == TOO_MANY_PACKETS:
+                return self._reject("T05", "too many packets in flight for this payment; retry shortly")
             if reply.kind == "unavailable":
                 return self._reject("T00", "temporarily unable to credit; retry")
-            # A sequence replayed with another amount, or an amount the rules refuse.
+            # A condition reused with another amount, or an amount the rules refuse.
             log.info("ILP credit for %s refused: %s", payment_uuid, reply.code)
             return self._stream_reject(prepare, request, secret, self._frames(facts, streams, None, None))
         assert isinstance(reply, Credited)
         outcome = reply.outcome
-        if reply.replayed or not outcome.accepted:
+        if not outcome.accepted:
             close = None
-            if not reply.replayed and outcome.refused_code in (rules.REFUSED_COMPLETED, rules.REFUSED_EXPIRED):
+            if outcome.refused_code in (rules.REFUSED_COMPLETED, rules.REFUSED_EXPIRED):
                 close = _close_for(outcome.refused_code)
             frames = self._frames(facts, streams, reply.received_now, close)
             return self._stream_reject(prepare, request, secret, frames)
+        # Credited now, or by an earlier copy of this very Prepare: the same fulfillment.
         return self._stream_fulfill(prepare, request, secret, fulfillment, self._frames(facts, streams, reply.received_now, None))
+
+    async def _credit_once_known(self, payment_uuid: str, prepare: Prepare) -> Reply:
+        """The credit's answer. An unknown outcome (a shard that did not answer in time,
+        storage trouble) is not an answer: the same command is sent again, once, within
+        the Prepare's remaining time (it is idempotent by condition, so a credit that did
+        land is found and fulfilled). Still unknown: the caller answers T00."""
+        expires_at_ms = _ms(prepare.expires_at)
+        reply: Reply = UNKNOWN
+        for share in (0.5, 1.0):  # the first try leaves the second half of the time
+            left = (expires_at_ms - _ms(datetime.now(timezone.utc))) / 1000
+            if left <= 0:
+                break
+            reply = await self._credit(payment_uuid, prepare.amount, prepare.execution_condition, expires_at_ms, left * share)
+            if not (isinstance(reply, Failed) and reply.kind == "unavailable" and reply.code != TOO_MANY_PACKETS):
+                return reply
+            log.info("ILP credit for %s: outcome unknown (%s), asking again", payment_uuid, reply.code)
+        return reply
 
     def _remember(self, payment_uuid: str, payment: IncomingPayment) -> _Facts:
         facts = _Facts(payment.asset, payment.incoming_amount)
@@ -254,9 +286,13 @@ def _stream_ids(frames: tuple[Frame, ...]) -> list[int]:
 def _terminal_close(payment: IncomingPayment, now: datetime) -> ConnectionClose | None:
     if payment.completed:
         return _close_for(rules.REFUSED_COMPLETED)
-    if rules.is_expired(payment, (now - _EPOCH) // timedelta(milliseconds=1)):
+    if rules.is_expired(payment, _ms(now)):
         return _close_for(rules.REFUSED_EXPIRED)
     return None
+
+
+def _ms(at: datetime) -> int:
+    return (at - _EPOCH) // timedelta(milliseconds=1)
 
 
 def _close_for(refused_code: str) -> ConnectionClose:
