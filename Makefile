@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 NODE_INSTALLED := tests/sdk/node_modules/.installed
 INTEROP_INSTALLED := tests/interop/node_modules/.installed
 
-.PHONY: run test bench clean
+.PHONY: run test bench faults clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ test: $(INSTALLED) $(NODE_INSTALLED) $(INTEROP_INSTALLED)
 bench: $(INSTALLED)
 	$(BIN)/python bench/load.py
 	$(BIN)/python bench/ilp_packets.py
+
+faults: $(INSTALLED)
+	$(BIN)/python bench/faults.py
 
 clean:
 	rm -rf $(VENV) var tests/sdk/node_modules tests/interop/node_modules
