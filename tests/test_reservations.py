@@ -28,7 +28,7 @@ from opay.actors.messages import (
     Tell,
     tag_of,
 )
-from opay.actors.shard import HANDLERS
+from opay.actors.shard import HANDLERS, JOURNAL_KEYS
 from opay.clock import now_ms
 from opay.domain import grant_spend
 from opay.domain.amounts import Asset
@@ -55,7 +55,7 @@ class Cluster:
         self.now = now_ms()
 
     def restart(self) -> EntityHost:
-        self.host = EntityHost(SnapshotStore(redis.Redis.from_url(self.server.url, socket_timeout=2)), HANDLERS, 1000)
+        self.host = EntityHost(SnapshotStore(redis.Redis.from_url(self.server.url, socket_timeout=2)), HANDLERS, 1000, journal_keys=JOURNAL_KEYS)
         return self.host
 
     def ask(self, command, *, deliver: bool = True) -> tuple[object, list[Tell]]:
@@ -261,7 +261,7 @@ def test_checks_are_bounded_per_firing_and_pending_reservations_are_bounded(
 ) -> None:
     _, grant = new_grant()
     monkeypatch.setattr(grant_spends, "CHECKS_PER_FIRE", 2)
-    monkeypatch.setattr(grant_spend, "MAX_UNCONFIRMED", 5)
+    monkeypatch.setattr(grant_spend, "MAX_RESERVATIONS", 5)
     orphans = [str(uuid.uuid4()) for _ in range(5)]
     for n, payment_id in enumerate(orphans):
         cluster.now += 1

@@ -20,6 +20,15 @@ def answered(command: Answered, state: object, step: Step) -> None:
     ANSWERED_BY_KIND[command.entity_id.split(":", 1)[0]](command, state, step)
 
 
+def answered_keys(command: Answered) -> tuple[str, ...]:
+    return grant_spends.answer_keys(command) if command.entity_id.startswith("grant:") else ()
+
+
+# The journal keys each command will read, prefetched with its batch's loads (see
+# EntityHost). A key no entry names is read on demand, if its journal is too large to be
+# held whole.
+JOURNAL_KEYS = {**incoming_payments.JOURNAL_KEYS, **grant_spends.JOURNAL_KEYS, Answered: answered_keys}
+
 HANDLERS = {
     **incoming_payments.HANDLERS,
     **quotes.HANDLERS,
@@ -38,10 +47,18 @@ class Shard:
         self.index = index
         self._redis_url = redis_url
         client = clients.blocking(redis_url, redis_timeout_seconds)
-        self._host = EntityHost(SnapshotStore(client), HANDLERS, max_active, emit_events, shard=index)
+        self._host = EntityHost(SnapshotStore(client), HANDLERS, max_active, emit_events, shard=index, journal_keys=JOURNAL_KEYS)
 
     def handle(self, batch: bytes) -> bytes:
         return encode(self._host.handle(decode_commands(batch), now_ms()))
 
     def stats(self) -> dict[str, int | str]:
-        return {"index": self.index, "active": self._host.active_count, "pid": os.getpid(), "redis_url": self._redis_url, "quarantined": self._host.quarantined}
+        host = self._host
+        return {
+            "index": self.index,
+            "active": host.active_count,
+            "pid": os.getpid(),
+            "redis_url": self._redis_url,
+            "quarantined": host.quarantined,
+            "journal_reads": host.journal_reads,
+        }
