@@ -274,3 +274,15 @@ async def test_a_full_dedupe_bucket_is_t05_and_credits_nothing(server, proxy, wo
     assert await received(world, payment, token) == (packet_dedupe.BUCKET_MAX + 1, False)
     stored = dedupe_entries(server, payment)
     assert len(stored[journal_key("ilp", target)].seen) == packet_dedupe.BUCKET_MAX
+
+
+async def test_an_operator_credit_of_unknown_outcome_is_asked_again_before_503(server, world, token) -> None:
+    """Not ILP, but the same rule on the same short-deadline server: the shard is stopped
+    past the first ask's deadline, then answers; the second ask finds the credit landed."""
+    payment = await new_payment(world, token, incomingAmount=usd(1000))
+    with shards_stopped(server):
+        pending = asyncio.create_task(world.operator.credit(payment["id"], "70", "unknown-then-landed"))
+        await asyncio.sleep(DEADLINE_SECONDS + 0.5)
+    answer = await pending
+    assert answer.status_code == 200, answer.text
+    assert await received(world, payment, token) == (70, False)

@@ -176,7 +176,7 @@ async def credit(request: Request) -> Response:
     if payment_uuid is None:
         raise ApiError(400, "invalid_incoming_payment", "incomingPayment must be the URL of an incoming payment of this server")
     amount = parse_uint64(body.amount, "amount")
-    reply = await s.ask(CreditIncomingPayment(entity_id(payment_uuid), amount, "operator", body.idempotencyKey))
+    reply = await s.ask(CreditIncomingPayment(entity_id(payment_uuid), amount, "operator", body.idempotencyKey), idempotent=True)
     assert isinstance(reply, Credited)
     outcome = reply.outcome
     view = {

@@ -79,9 +79,13 @@ class Services:
         path = self.wallet_path(url)
         return None if path is None else await self.wallet(path)
 
-    async def ask(self, command: Command) -> Reply:
-        """A command's reply; a refusal becomes the matching API error."""
+    async def ask(self, command: Command, *, idempotent: bool = False) -> Reply:
+        """A command's reply; a refusal becomes the matching API error. An idempotent
+        command (keyed: it lands at most once) whose outcome is unknown is asked once more
+        before the caller hears 503, so a write that landed is reported as landed."""
         reply = await self.router.ask(command)
+        if idempotent and isinstance(reply, Failed) and reply.kind == "unavailable" and reply.code != "overloaded":
+            reply = await self.router.ask(command)
         if isinstance(reply, Failed):
             raise ApiError.of(reply.kind, reply.code, reply.description, reply.details)
         return reply
