@@ -24,10 +24,10 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from opay.actors.entity import Event
 from opay.domain.amounts import Asset
 from opay.domain.outgoing_payment import OutgoingPayment
-from opay.http import webhooks
+from opay.outbox import delivery as deliverer, render as rendering, signing, store as outbox_store
+from opay.outbox.events import Event
 from opay.persistence import codec, keys
 from tests.support import OpayServer
 
@@ -170,8 +170,8 @@ def assert_signed(delivery: Delivery) -> None:
     assert abs(time.time() - timestamp) < 60
     expected = hmac.new(SECRET.encode(), f"{timestamp}.".encode() + delivery.body, hashlib.sha256).hexdigest()
     assert hmac.compare_digest(mac, expected)
-    assert webhooks.verify(SECRET, header, delivery.body)
-    assert not webhooks.verify("another secret", header, delivery.body)
+    assert signing.verify(SECRET, header, delivery.body)
+    assert not signing.verify("another secret", header, delivery.body)
     assert delivery.headers["content-type"] == "application/json"
     assert delivery.headers["opay-event-id"] == delivery.event["id"]
 
@@ -321,14 +321,14 @@ async def test_claims_are_exclusive_and_bounded(server, store) -> None:
     names = {name: f"{prefix}:{name}" for name in ("events", "due", "dead", "attempts", "errors")}
     other_client = aioredis.Redis.from_url(server.redis_url)  # another front end's connection
     try:
-        first, second = webhooks.Outbox(store, **names), webhooks.Outbox(other_client, **names)
+        first, second = outbox_store.Outbox(store, **names), outbox_store.Outbox(other_client, **names)
         now = int(time.time() * 1000)
         ids = [f"e{n}" for n in range(300)]
         await store.hset(names["events"], mapping={event_id: b"body-" + event_id.encode() for event_id in ids})
         await store.zadd(names["due"], {event_id: now - 1 for event_id in ids})
         got: list[str] = []
 
-        async def drain(outbox: webhooks.Outbox) -> None:
+        async def drain(outbox: outbox_store.Outbox) -> None:
             while batch := await outbox.claim(now, 7, now + 60_000, 3):
                 assert all(c.attempt == 1 and c.body == b"body-" + c.id.encode() for c in batch)
                 got.extend(c.id for c in batch)
@@ -364,18 +364,18 @@ async def test_claims_are_exclusive_and_bounded(server, store) -> None:
 
 def test_signature_helpers_and_backoff() -> None:
     body = b'{"id":"x"}'
-    header = webhooks.sign("s3cret", body, 1_700_000_000)
+    header = signing.sign("s3cret", body, 1_700_000_000)
     assert header == "t=1700000000,v1=" + hmac.new(b"s3cret", b"1700000000." + body, hashlib.sha256).hexdigest()
-    assert webhooks.verify("s3cret", header, body, now=1_700_000_100)
-    assert not webhooks.verify("s3cret", header, body + b" ", now=1_700_000_100)  # the raw body, byte for byte
-    assert not webhooks.verify("s3cret", header, body, now=1_700_000_301)  # too old: a replay
-    assert webhooks.verify("s3cret", header + ",v1=00", body, now=1_700_000_000)  # several v1: secret rotation
-    assert not webhooks.verify("s3cret", "v1=abc", body)
+    assert signing.verify("s3cret", header, body, now=1_700_000_100)
+    assert not signing.verify("s3cret", header, body + b" ", now=1_700_000_100)  # the raw body, byte for byte
+    assert not signing.verify("s3cret", header, body, now=1_700_000_301)  # too old: a replay
+    assert signing.verify("s3cret", header + ",v1=00", body, now=1_700_000_000)  # several v1: secret rotation
+    assert not signing.verify("s3cret", "v1=abc", body)
 
-    waits = [webhooks.backoff_seconds(n, 1.0, 600.0, jitter=lambda: 0.0) for n in range(1, 13)]
+    waits = [deliverer.backoff_seconds(n, 1.0, 600.0, jitter=lambda: 0.0) for n in range(1, 13)]
     assert waits[:4] == [1.0, 2.0, 4.0, 8.0] and waits[-1] == 600.0
-    assert webhooks.backoff_seconds(1, 1.0, 600.0, jitter=lambda: 1.0) == pytest.approx(1.1)
-    assert webhooks.backoff_seconds(10_000, 1.0, 600.0, jitter=lambda: 0.0) == 600.0
+    assert deliverer.backoff_seconds(1, 1.0, 600.0, jitter=lambda: 1.0) == pytest.approx(1.1)
+    assert deliverer.backoff_seconds(10_000, 1.0, 600.0, jitter=lambda: 0.0) == 600.0
 
 
 def test_outgoing_payment_events_render_the_resource_view() -> None:
@@ -396,7 +396,7 @@ def test_outgoing_payment_events_render_the_resource_view() -> None:
         phase="completed",
         sent=110,
     )
-    body = webhooks.render(Event("ev-1", "outgoing_payment.completed", 1_700_000_001_000, payment), "https://ase.example")
+    body = rendering.render(Event("ev-1", "outgoing_payment.completed", 1_700_000_001_000, payment), "https://ase.example")
     decoded = msgspec.json.decode(body)
     assert decoded["id"] == "ev-1" and decoded["type"] == "outgoing_payment.completed"
     assert decoded["createdAt"] == "2023-11-14T22:13:21.000Z"

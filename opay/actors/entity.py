@@ -27,6 +27,7 @@ import msgspec
 import redis
 
 from opay.actors.messages import CONFLICT_RETRY, UNAVAILABLE, BatchResult, Command, Failed, Reply, Tell
+from opay.outbox.events import Event
 from opay.persistence import codec, keys
 from opay.persistence.snapshots import CONFLICT, JOURNAL_WHOLE_MAX, LANDED, EntityWrite, SideEffect, SnapshotStore
 
@@ -68,15 +69,6 @@ class Active(msgspec.Struct):
             for key in list(self.journal)[: len(self.journal) - JOURNAL_HELD_MAX]:
                 del self.journal[key]
         assert len(self.journal) <= JOURNAL_HELD_MAX
-
-
-class Event(msgspec.Struct, frozen=True):
-    """A webhook event in the outbox: the entity's state as it was when it happened."""
-
-    id: str
-    type: str
-    created_at_ms: int
-    state: codec.EntityState
 
 
 class Step:
