@@ -19,7 +19,6 @@ from opay.auth.client_keys import ClientKeys
 from opay.auth.grants import GrantStore
 from opay.auth.introspection import Introspector
 from opay.http.app import operator_app, public_app
-from opay.http.pricing import Pricing
 from opay.http.services import Services
 from opay.ilp.credentials import SECRET_BYTES, CredentialMint
 from opay.net.fetch import Fetcher, FetchPolicy
@@ -27,6 +26,7 @@ from opay.outbox import delivery as webhooks
 from opay.persistence import clients, keys
 from opay.persistence.queries import Queries
 from opay.persistence.wallet_addresses import WalletAddressStore
+from opay.pricing import Pricing
 from opay.settings import Settings
 from opay.supervision import supervise
 

@@ -16,10 +16,10 @@ from opay.domain.amounts import require_asset
 from opay.domain.quote import Quote
 from opay.http import wire
 from opay.http.errors import ApiError
-from opay.http.pricing import RatesUnavailable
 from opay.http.resources import authenticated, json, local_incoming_payment, path_uuid, visible
 from opay.http.services import Services, read_body, services
 from opay.persistence.wallet_addresses import WalletAddress
+from opay.pricing import RatesUnavailable
 
 PATH = "/quotes"
 

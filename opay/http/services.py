@@ -13,10 +13,10 @@ from opay.auth.client_keys import ClientKeys
 from opay.auth.grants import GrantStore
 from opay.auth.introspection import Introspector
 from opay.http.errors import ApiError
-from opay.http.pricing import Pricing
 from opay.ilp.credentials import CredentialMint
 from opay.persistence.queries import Queries
 from opay.persistence.wallet_addresses import WalletAddress, WalletAddressStore
+from opay.pricing import Pricing
 from opay.settings import Settings
 
 

@@ -1,4 +1,4 @@
-"""Exchange rates and sending fees, as quotes need them.
+"""Exchange rates and sending fees, as quotes need them: the rates and fees adapters.
 
 Rates come from the operator-set table in Redis (PUT /rates/{base} on the operator API)
 or, with OPAY_RATES_URL, from `GET {url}?base=XXX` answering {"base", "rates": {...}}.
