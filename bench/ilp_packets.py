@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import os
 import statistics
 import sys
@@ -43,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common  # noqa: E402
 from bench.common import percentile  # noqa: E402
+from opay import base64url
 from opay.client import Operator, SignedClient  # noqa: E402
 from opay.ilp.packet import Fulfill, Prepare, Reject, decode_packet  # noqa: E402
 from opay.ilp.stream import StreamMoney, StreamPacket, condition_for, encrypt_stream_packet, fulfillment_for  # noqa: E402
@@ -93,7 +93,7 @@ async def setup(public_url: str, operator_url: str, operator_token: str, payment
         view.raise_for_status()
         method = next(m for m in view.json()["methods"] if m["type"] == "ilp")
         secret = method["sharedSecret"]
-        conns.append(Conn(method["ilpAddress"], base64.urlsafe_b64decode(secret + "=" * (-len(secret) % 4))))
+        conns.append(Conn(method["ilpAddress"], base64url.decode(secret)))
     return conns, ids, client, gnap, http
 
 

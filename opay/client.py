@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 import httpx
@@ -10,12 +9,13 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from opay import base64url
 from opay.http import signatures
 
 
 def public_jwk(private_key: Ed25519PrivateKey, kid: str) -> dict[str, str]:
     raw = private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    return {"kid": kid, "x": base64.urlsafe_b64encode(raw).rstrip(b"=").decode(), "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA"}
+    return {"kid": kid, "x": base64url.encode(raw), "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA"}
 
 
 class SignedClient:

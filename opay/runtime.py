@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import os
@@ -13,6 +12,7 @@ import httpx
 import redis.asyncio as aioredis
 import uvicorn
 
+from opay import base64url
 from opay.actors.timers import Timers
 from opay.actors.router import ShardRouter, Shards
 from opay.auth.client_keys import ClientKeys
@@ -44,7 +44,7 @@ async def stream_secret(client: aioredis.Redis, settings: Settings) -> bytes:
     """OPAY_STREAM_SECRET (base64url), else one generated once and kept in Redis, so every
     front end and every restart mints and opens the same credentials."""
     if settings.stream_secret:
-        secret = base64.urlsafe_b64decode(settings.stream_secret + "=" * (-len(settings.stream_secret) % 4))
+        secret = base64url.decode(settings.stream_secret)
     else:
         await client.set(keys.STREAM_SECRET, os.urandom(SECRET_BYTES), nx=True)
         secret = await client.get(keys.STREAM_SECRET)

@@ -7,7 +7,6 @@ comes back.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import threading
@@ -23,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from opay import base64url
 from opay.ilp.packet import Fulfill, Prepare, Reject, decode_packet
 from opay.ilp.stream import (
     StreamMaxMoney,
@@ -39,15 +39,14 @@ from tests.support import free_port
 PEER_TOKEN = "peer-token-for-tests"
 OTHER_PEER_TOKEN = "second-peer-token"
 # Known to the tests so they can mint credentials the way the server does (unknown payments).
-STREAM_SECRET = base64.urlsafe_b64encode(bytes(range(32))).rstrip(b"=").decode()
+STREAM_SECRET = base64url.encode(bytes(range(32)))
 
 
 def ilp_env(**extra: str) -> dict[str, str]:
     return {"OPAY_ILP_INCOMING_TOKENS": f"{PEER_TOKEN}, {OTHER_PEER_TOKEN}", **extra}
 
 
-def b64url_decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+b64url_decode = base64url.decode
 
 
 def ilp_method(payment: dict) -> dict:

@@ -17,7 +17,8 @@ import pytest
 import redis
 
 from opay.actors.routing import shard_of
-from opay.ilp.credentials import CredentialMint, b64url
+from opay import base64url
+from opay.ilp.credentials import CredentialMint
 from opay.persistence import codec, keys
 from opay.settings import Settings
 from opay.client import Operator
@@ -128,7 +129,7 @@ async def test_kill9_under_load_loses_nothing_acknowledged(own_server: OpayServe
             [method] = answer.json()["methods"]
             opened = mint.open(method["ilpAddress"])
             assert opened is not None and opened[0] == created["id"].rsplit("/", 1)[1]
-            assert method["sharedSecret"] == b64url(mint.shared_secret_for(opened[1]))
+            assert method["sharedSecret"] == base64url.encode(mint.shared_secret_for(opened[1]))
 
         # The list index holds every acknowledged create and nothing never attempted.
         list_url = f"{server.public_url}/incoming-payments?wallet-address={world.receiver['id']}&first=100"

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import calendar
 import re
-from datetime import datetime, timedelta, timezone
 
 import msgspec
 
 from opay.domain.errors import Invalid
-from opay.domain.times import parse_rfc3339_ms
+from opay.domain.times import parse_rfc3339_ms, to_datetime, to_ms
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_ONE_MS = timedelta(milliseconds=1)
 _DURATION = re.compile(
     r"P(?:(?P<years>\d+)Y)?(?:(?P<months>\d+)M)?(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
     r"(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+)S)?)?"
@@ -84,11 +81,11 @@ def parse_interval(text: str) -> RepeatingInterval:
 
 
 def _add_months(instant_ms: int, months: int) -> int:
-    moment = _EPOCH + timedelta(milliseconds=instant_ms)
+    moment = to_datetime(instant_ms)
     total = moment.year * 12 + (moment.month - 1) + months
     year, month = divmod(total, 12)
     day = min(moment.day, calendar.monthrange(year, month + 1)[1])
-    return (moment.replace(year=year, month=month + 1, day=day) - _EPOCH) // _ONE_MS
+    return to_ms(moment.replace(year=year, month=month + 1, day=day))
 
 
 def repetition_start(interval: RepeatingInterval, index: int) -> int:

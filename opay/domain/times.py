@@ -7,12 +7,21 @@ from datetime import datetime, timedelta, timezone
 
 from opay.domain.errors import Invalid
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_MS = timedelta(milliseconds=1)
 
 
+def to_datetime(instant_ms: int) -> datetime:
+    return EPOCH + timedelta(milliseconds=instant_ms)
+
+
+def to_ms(moment: datetime) -> int:
+    """An aware datetime as milliseconds; sub-millisecond parts are floored."""
+    return (moment - EPOCH) // _ONE_MS
+
+
 def format_ms(instant_ms: int) -> str:
-    moment = _EPOCH + timedelta(milliseconds=instant_ms)
+    moment = to_datetime(instant_ms)
     return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{instant_ms % 1000:03d}Z"
 
 
@@ -27,7 +36,7 @@ def parse_rfc3339_ms(value: object, field: str) -> int:
         raise error from None
     if moment.tzinfo is None:
         raise error
-    return (moment - _EPOCH) // _ONE_MS
+    return to_ms(moment)
 
 
 # RFC 3339 §5.6 date-time (the JSON Schema `date-time` format): extended form, seconds

@@ -16,6 +16,8 @@ from typing import Mapping
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from opay import base64url
+
 BODY_COMPONENTS = ("content-digest", "content-length", "content-type")
 
 _INPUT = re.compile(r'^\s*([a-zA-Z][a-zA-Z0-9_-]*)=\(([^)]*)\)(.*)$')
@@ -130,7 +132,7 @@ def verify(
         raise SignatureError("invalid_signature", f"no Signature for label {signature_input.label}")
     try:
         signature = base64.b64decode(match.group(2), validate=True)
-        key = Ed25519PublicKey.from_public_bytes(_b64url_decode(public_key_x))
+        key = Ed25519PublicKey.from_public_bytes(base64url.decode(public_key_x))
         key.verify(signature, signature_base(method, target_uri, headers, signature_input))
     except (InvalidSignature, ValueError):
         raise SignatureError("invalid_signature", "the signature does not verify with the client's key") from None
@@ -166,5 +168,4 @@ def sign(
     return out
 
 
-def _b64url_decode(value: str) -> bytes:
-    return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+

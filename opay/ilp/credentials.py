@@ -11,13 +11,14 @@ token authenticates the payment id under a key only this server holds.
 
 from __future__ import annotations
 
-import base64
 import hmac
 import os
 import uuid
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from opay import base64url
 
 SECRET_BYTES = 32
 _IV_BYTES = 12
@@ -31,15 +32,10 @@ class Credentials:
 
     @property
     def shared_secret_b64url(self) -> str:
-        return b64url(self.shared_secret)
+        return base64url.encode(self.shared_secret)
 
 
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
-
-def _b64url_decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 class CredentialMint:
@@ -53,7 +49,7 @@ class CredentialMint:
         iv = os.urandom(_IV_BYTES)
         sealed = AESGCM(self._token_key).encrypt(iv, uuid.UUID(payment_uuid).bytes, None)
         token = iv + sealed[-_TAG_BYTES:] + sealed[:-_TAG_BYTES]
-        return Credentials(f"{self._address}.{b64url(token)}", self.shared_secret_for(token))
+        return Credentials(f"{self._address}.{base64url.encode(token)}", self.shared_secret_for(token))
 
     def shared_secret_for(self, token: bytes) -> bytes:
         return hmac.digest(self._secret_key, token, "sha256")
@@ -65,7 +61,7 @@ class CredentialMint:
             return None
         segment = ilp_address[len(prefix) :].split(".", 1)[0]
         try:
-            token = _b64url_decode(segment)
+            token = base64url.decode(segment)
         except ValueError:
             return None
         if len(token) <= _IV_BYTES + _TAG_BYTES:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Awaitable, Callable
 
 from opay.actors import incoming_payments
@@ -49,6 +49,7 @@ from opay.actors.messages import Credited, Failed, Reply
 from opay.domain import incoming_payment as rules
 from opay.domain.amounts import Asset
 from opay.domain.incoming_payment import IncomingPayment
+from opay.domain.times import to_ms
 from opay.ilp.credentials import CredentialMint
 from opay.ilp.oer import U64_MAX, OerError, Writer, encode_uint64
 from opay.ilp.packet import Fulfill, IlpPacketType, Prepare, Reject, decode_packet
@@ -78,7 +79,6 @@ UNKNOWN = Failed("unavailable", "unknown", "the credit's outcome is unknown")
 PEER_CONFIG = "peer.config"
 _ILDCP_FULFILLMENT = bytes(32)
 _ILDCP_CONDITION = hashlib.sha256(_ILDCP_FULFILLMENT).digest()
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 # (payment uuid, amount, executionCondition, expires_at_ms, timeout seconds) -> reply
 CreditFn = Callable[[str, int, bytes, int, float], Awaitable[Reply]]
@@ -225,10 +225,10 @@ class StreamReceiver:
         storage trouble) is not an answer: the same command is sent again, once, within
         the Prepare's remaining time (it is idempotent by condition, so a credit that did
         land is found and fulfilled). Still unknown: the caller answers T00."""
-        expires_at_ms = _ms(prepare.expires_at)
+        expires_at_ms = to_ms(prepare.expires_at)
         reply: Reply = UNKNOWN
         for share in (0.5, 1.0):  # the first try leaves the second half of the time
-            left = (expires_at_ms - _ms(datetime.now(timezone.utc))) / 1000
+            left = (expires_at_ms - to_ms(datetime.now(timezone.utc))) / 1000
             if left <= 0:
                 break
             reply = await self._credit(payment_uuid, prepare.amount, prepare.execution_condition, expires_at_ms, left * share)
@@ -286,13 +286,9 @@ def _stream_ids(frames: tuple[Frame, ...]) -> list[int]:
 def _terminal_close(payment: IncomingPayment, now: datetime) -> ConnectionClose | None:
     if payment.completed:
         return _close_for(rules.REFUSED_COMPLETED)
-    if rules.is_expired(payment, _ms(now)):
+    if rules.is_expired(payment, to_ms(now)):
         return _close_for(rules.REFUSED_EXPIRED)
     return None
-
-
-def _ms(at: datetime) -> int:
-    return (at - _EPOCH) // timedelta(milliseconds=1)
 
 
 def _close_for(refused_code: str) -> ConnectionClose:
