@@ -21,10 +21,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from opay.clock import now_ms
-from opay.auth.access import AccessItem, invalid_actions, parse_limits
+from opay.auth.access import AccessItem, check_access
 from opay.auth.grants import ClientRef, ContinuationRefused, Finish, Grant, Token
 from opay.domain.amounts import Asset
-from opay.domain.errors import DomainError
 from opay.http import consent, signatures, wire
 from opay.http.errors import ApiError
 from opay.http.resources import canonical_uuid
@@ -33,7 +32,6 @@ from opay.http.services import Services, read_body, services
 from opay.persistence.wallet_addresses import Jwk
 
 PREFIX = "/auth"
-MAX_ACCESS_ITEMS = 3
 
 
 class AccessTokenRequest(msgspec.Struct, frozen=True):
@@ -109,62 +107,9 @@ async def _signed_by(request: Request, s: Services, body: bytes, client: ClientR
         raise ApiError(401, "invalid_client", error.description) from None
 
 
-async def _check_access(s: Services, access: list[AccessItem], interactive: bool) -> None:
-    if not access or len(access) > MAX_ACCESS_ITEMS:
-        raise ApiError(400, "invalid_request", f"access must hold 1 to {MAX_ACCESS_ITEMS} items")
-    for item in access:
-        wrong = invalid_actions(item)
-        if wrong or not item.actions:
-            raise ApiError(400, "invalid_request", f"invalid actions for {item.type}: {wrong or 'none given'}")
-        if item.type == "outgoing-payment":
-            if not interactive:
-                raise ApiError(
-                    400, "invalid_request", 'outgoing-payment access needs an interactive grant: send interact {"start": ["redirect"]}'
-                )
-            if item.identifier is None:
-                raise ApiError(400, "invalid_request", "outgoing-payment access needs an identifier: the wallet address to pay from")
-        if "list-all" in item.actions:
-            # Enumerating a wallet's resources, other clients' too, is for its owner to
-            # allow. Reading one by URL (read-all) is not: a sender's ASE must read the
-            # incoming payment it pays, and the unguessable URL is the capability.
-            if not interactive:
-                raise ApiError(
-                    400, "invalid_request", f'list-all on {item.type} needs an interactive grant: send interact {{"start": ["redirect"]}}'
-                )
-            if item.identifier is None:
-                raise ApiError(400, "invalid_request", f"list-all on {item.type} needs an identifier: the wallet address to list")
-        wallet = None if item.identifier is None else await s.wallet_by_url(item.identifier)
-        if item.identifier is not None and wallet is None:
-            raise ApiError(400, "invalid_request", f"identifier {item.identifier} is not a wallet address of this server")
-        if item.type == "outgoing-payment":
-            assert wallet is not None
-            _check_limits(item, wallet.asset)
-        elif item.limits is not None:
-            raise ApiError(400, "invalid_request", f"limits apply to outgoing-payment access only, not {item.type}")
-
-
-def _check_limits(item: AccessItem, asset: Asset) -> None:
-    try:
-        limits = parse_limits(item.limits)
-    except DomainError as error:
-        raise ApiError(400, "invalid_request", error.description, {"reason": error.code}) from None
-    if limits.debit_asset is not None and limits.debit_asset != asset:
-        raise ApiError(
-            400,
-            "invalid_request",
-            f"limits.debitAmount must be in the wallet address's asset, {asset.code} with scale {asset.scale}",
-            {"reason": "invalid_asset"},
-        )
-    if limits.receiver is not None and not _is_http_url(limits.receiver):
-        raise ApiError(400, "invalid_request", "limits.receiver must be an http(s) URL", {"reason": "invalid_limits"})
-
-
-def _is_http_url(text: str) -> bool:
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.netloc)
+async def _wallet_asset(s: Services, url: str) -> Asset | None:
+    wallet = await s.wallet_by_url(url)
+    return None if wallet is None else wallet.asset
 
 
 def _finish(interact: InteractRequest) -> Finish | None:
@@ -229,7 +174,7 @@ async def request_grant(request: Request) -> Response:
         raise ApiError(400, "invalid_client", "directed identity (client.jwk) is for non-interactive grants only")
     finish = None if interact is None else _finish(interact)
     access = grant_request.access_token.access
-    await _check_access(s, access, interactive=interact is not None)
+    await check_access(access, interactive=interact is not None, wallet_asset=lambda url: _wallet_asset(s, url))
     if interact is not None:
         pending, continue_token = await s.grants.start(client, access, finish, now_ms())
         assert pending.interaction is not None
