@@ -11,7 +11,8 @@ import anyio
 import pytest
 
 from opay.auth.access import AccessItem
-from opay.auth.grants import ClientRef, GrantStore
+from opay.auth.grant_states import ClientRef
+from opay.auth.grants import GrantStore
 from opay.persistence import clients, keys
 from tests.conftest import INCOMING_ALL
 

@@ -1,178 +1,51 @@
-"""The GNAP authorization server's state: grants and access tokens, kept in Redis.
+"""The GNAP authorization server's store: grants and access tokens, kept in Redis.
 
 Token values are never stored: the key is their SHA-256, so a leaked database holds no
 usable token. Rotation and revocation are atomic, and every change is announced so the
 resource servers' introspection caches drop the token at once.
 
-An interactive grant goes pending -> approved | denied -> finalized (tokens issued).
-Every state change is a compare-and-set (WATCH/MULTI on the grant's key), so a decision
-is made once (the first one stands) and a grant is finalized once, however many
-continuation requests race. A pending grant lives `interaction_seconds` in Redis; once
-finalized it is kept like a non-interactive grant.
+The transitions themselves (pending -> approved | denied -> finalized) are pure functions
+in opay/auth/grant_states.py; here each one is a compare-and-set (WATCH/MULTI on the
+grant's key), so a decision is made once (the first one stands) and a grant is finalized
+once, however many continuation requests race. A pending grant lives
+`interaction_seconds` in Redis; once finalized it is kept like a non-interactive grant.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import secrets
 import uuid
-from typing import Awaitable, Callable, Literal, TypeVar
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from typing import Awaitable, Callable, TypeVar
 
 import msgspec
 import redis
 import redis.asyncio as aioredis
 
+from opay.auth import grant_states as states
 from opay.auth.access import AccessItem
+from opay.auth.grant_states import (
+    INACTIVE,
+    INTERACTION_SECONDS,
+    WAIT_SECONDS,
+    ClientRef,
+    Continued,
+    Decided,
+    Finish,
+    Grant,
+    Introspection,
+    Token,
+    digest,
+    new_secret,
+)
 from opay.persistence import keys
-from opay.persistence.wallet_addresses import Jwk
 
 T = TypeVar("T")
 # Optimistic transactions retried past this many concurrent changes are refused (503).
 WATCH_ATTEMPTS = 16
 
-
-class ClientRef(msgspec.Struct, frozen=True, omit_defaults=True):
-    """A client is its wallet address, or (directed identity) just its key."""
-
-    walletAddress: str | None = None
-    jwk: Jwk | None = None
-
-    @property
-    def identity(self) -> str:
-        if self.walletAddress is not None:
-            return self.walletAddress
-        assert self.jwk is not None
-        return f"jwk:{jwk_thumbprint(self.jwk)}"
-
-
-class Finish(msgspec.Struct, frozen=True):
-    """The client's `interact.finish`: where to send the user back, and its nonce."""
-
-    method: Literal["redirect"]
-    uri: str
-    nonce: str
-
-
-GrantState = Literal["pending", "approved", "denied", "finalized"]
-
-
-class Interaction(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    nonce: str  # in the consent page's URL: whoever holds it may see and decide the grant
-    finish_nonce: str  # the AS nonce (`interact.finish` of the response), an input of the hash
-    finish: Finish | None = None
-    wait_seconds: int
-    next_poll_ms: int  # a poll before this instant is `too_fast`
-    expires_at_ms: int
-    interact_ref: str | None = None  # set on approval
-    decided_at_ms: int | None = None
-
-
-class Grant(msgspec.Struct, frozen=True, kw_only=True):
-    id: str
-    client: ClientRef
-    access: list[AccessItem]
-    continue_token_digest: str
-    created_at_ms: int
-    # Grants stored before interaction existed decode as finalized, non-interactive.
-    state: GrantState = "finalized"
-    interaction: Interaction | None = None
-
-
-class Token(msgspec.Struct, frozen=True, kw_only=True):
-    id: str
-    grant_id: str
-    client: ClientRef
-    access: list[AccessItem]
-    expires_at_ms: int
-
-
-class Introspection(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """The token-introspection contract: {active, grant, access, client}."""
-
-    active: bool
-    grant: str | None = None
-    access: list[AccessItem] = []
-    client: ClientRef | None = None
-
-
-INACTIVE = Introspection(active=False)
-
-WAIT_SECONDS = 1
-POLL_SLACK_MS = 100  # a poll this early is forgiven: timers are coarse
-INTERACTION_SECONDS = 600
-
-
-class ContinuationRefused(Exception):
-    """A continuation request that cannot proceed, by its GNAP error code:
-    `invalid_continuation`, `request_denied` or `too_fast`."""
-
-    def __init__(self, code: str, description: str) -> None:
-        super().__init__(description)
-        self.code = code
-        self.description = description
-
-
-class Continued(msgspec.Struct, frozen=True, kw_only=True):
-    """A continuation's outcome: still pending, or finalized with its first token."""
-
-    grant: Grant
-    token_value: str | None = None
-    token: Token | None = None
-    continue_token: str | None = None
-
-
-class Decided(msgspec.Struct, frozen=True):
-    """The grant after a decision; `changed` is False when an earlier decision stood."""
-
-    grant: Grant
-    changed: bool
-
 _encoder = msgspec.msgpack.Encoder()
 _grant_decoder = msgspec.msgpack.Decoder(Grant)
 _token_decoder = msgspec.msgpack.Decoder(Token)
-
-
-def digest(secret_value: str) -> str:
-    return hashlib.sha256(secret_value.encode()).hexdigest()
-
-
-def jwk_thumbprint(jwk: Jwk) -> str:
-    # RFC 7638 for OKP keys: the required members, lexicographic, no whitespace.
-    canonical = msgspec.json.encode({"crv": jwk.crv, "kty": jwk.kty, "x": jwk.x})
-    return hashlib.sha256(canonical).hexdigest()[:32]
-
-
-def new_secret() -> str:
-    return secrets.token_urlsafe(32)
-
-
-def interaction_hash(client_nonce: str, finish_nonce: str, interact_ref: str, grant_endpoint: str) -> str:
-    """GNAP (RFC 9635 §4.2.3): SHA-256 over the four values joined by LF, encoded as
-    base64url without padding. (Rafiki sends standard base64 with padding instead.)"""
-    data = "\n".join((client_nonce, finish_nonce, interact_ref, grant_endpoint)).encode()
-    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-
-
-def with_query(uri: str, params: dict[str, str]) -> str:
-    """`uri` with `params` appended to its query (after any query it already has)."""
-    parts = urlsplit(uri)
-    added = urlencode(params)
-    return urlunsplit(parts._replace(query=f"{parts.query}&{added}" if parts.query else added))
-
-
-def finish_redirect(grant: Grant, grant_endpoint: str) -> str | None:
-    """Where the user goes back to the client after the decision, if the client said."""
-    interaction = grant.interaction
-    if interaction is None or interaction.finish is None:
-        return None
-    if grant.state == "denied":
-        return with_query(interaction.finish.uri, {"result": "grant_rejected"})
-    if interaction.interact_ref is None:
-        return None
-    hash_ = interaction_hash(interaction.finish.nonce, interaction.finish_nonce, interaction.interact_ref, grant_endpoint)
-    return with_query(interaction.finish.uri, {"hash": hash_, "interact_ref": interaction.interact_ref})
 
 
 class GrantStore:
@@ -193,11 +66,9 @@ class GrantStore:
     async def issue(self, client: ClientRef, access: list[AccessItem], now_ms: int) -> tuple[Grant, str, Token, str]:
         """A finalized grant with its first token: (grant, token value, token, continue token)."""
         continue_token = new_secret()
-        grant = Grant(
-            id=str(uuid.uuid4()), client=client, access=access, continue_token_digest=digest(continue_token), created_at_ms=now_ms
-        )
+        grant = states.issued(str(uuid.uuid4()), client, access, continue_token, now_ms)
         value = new_secret()
-        token = Token(id=str(uuid.uuid4()), grant_id=grant.id, client=client, access=access, expires_at_ms=now_ms + self._token_seconds * 1000)
+        token = states.new_token(str(uuid.uuid4()), grant, now_ms, self._token_seconds)
         pipe = self._client.pipeline(transaction=True)
         pipe.set(keys.grant(grant.id), _encoder.encode(grant))
         self._put_token(pipe, value, token)
@@ -207,22 +78,15 @@ class GrantStore:
     async def start(self, client: ClientRef, access: list[AccessItem], finish: Finish | None, now_ms: int) -> tuple[Grant, str]:
         """A pending grant awaiting the user's decision: (grant, continue token)."""
         continue_token = new_secret()
-        interaction = Interaction(
-            nonce=new_secret(),
-            finish_nonce=new_secret(),
-            finish=finish,
+        grant = states.pending(
+            str(uuid.uuid4()),
+            client,
+            access,
+            finish,
+            continue_token,
+            now_ms,
             wait_seconds=self._wait_seconds,
-            next_poll_ms=now_ms + self._wait_seconds * 1000,
-            expires_at_ms=now_ms + self._interaction_seconds * 1000,
-        )
-        grant = Grant(
-            id=str(uuid.uuid4()),
-            client=client,
-            access=access,
-            continue_token_digest=digest(continue_token),
-            created_at_ms=now_ms,
-            state="pending",
-            interaction=interaction,
+            interaction_seconds=self._interaction_seconds,
         )
         await self._client.set(keys.grant(grant.id), _encoder.encode(grant), ex=self._interaction_seconds)
         return grant, continue_token
@@ -234,7 +98,7 @@ class GrantStore:
     async def interactive(self, grant_id: str, nonce: str) -> Grant | None:
         """The interactive grant behind a consent page URL, only for the right nonce."""
         grant = await self.get(grant_id)
-        if grant is None or grant.interaction is None or not secrets.compare_digest(grant.interaction.nonce.encode(), nonce.encode()):
+        if grant is None or not states.nonce_matches(grant, nonce):
             return None
         return grant
 
@@ -247,25 +111,13 @@ class GrantStore:
             raw = await pipe.get(key)
             if raw is None:
                 return None
-            grant = _grant_decoder.decode(raw)
-            interaction = grant.interaction
-            if nonce is not None and (
-                interaction is None or not secrets.compare_digest(interaction.nonce.encode(), nonce.encode())
-            ):
-                return None
-            if grant.state != "pending" or interaction is None:
-                return Decided(grant, changed=False)
-            decided = msgspec.structs.replace(
-                grant,
-                state="approved" if approve else "denied",
-                interaction=msgspec.structs.replace(
-                    interaction, interact_ref=str(uuid.uuid4()) if approve else None, decided_at_ms=now_ms
-                ),
-            )
+            decided = states.decided(_grant_decoder.decode(raw), approve, now_ms, str(uuid.uuid4()), nonce)
+            if decided is None or not decided.changed:
+                return decided
             pipe.multi()
-            pipe.set(key, _encoder.encode(decided), keepttl=True)
+            pipe.set(key, _encoder.encode(decided.grant), keepttl=True)
             await pipe.execute()
-            return Decided(decided, changed=True)
+            return decided
 
         return await self._optimistic([key], attempt)
 
@@ -277,46 +129,20 @@ class GrantStore:
 
         async def attempt(pipe: aioredis.client.Pipeline) -> Continued:
             raw = await pipe.get(key)
-            grant = None if raw is None else _grant_decoder.decode(raw)
-            if grant is None or not secrets.compare_digest(grant.continue_token_digest, digest(continue_token)):
-                raise ContinuationRefused("invalid_continuation", "unknown grant or continuation token")
-            interaction = grant.interaction
-            if grant.state == "finalized" or interaction is None:
-                raise ContinuationRefused("invalid_continuation", "the grant is already finalized: there is nothing to continue")
-            if grant.state == "denied":
-                raise ContinuationRefused("request_denied", "the grant was denied")
-            if interact_ref is not None:
-                expected = interaction.interact_ref
-                if expected is None or not secrets.compare_digest(expected.encode(), interact_ref.encode()):
-                    raise ContinuationRefused("invalid_continuation", "interact_ref does not match this grant's interaction")
-            elif grant.state == "pending":
-                # Only a poll that could learn nothing new is too fast: once the
-                # grant is decided, the next poll gets the answer at once.
-                if now_ms < interaction.next_poll_ms - POLL_SLACK_MS:
-                    raise ContinuationRefused(
-                        "too_fast", f"poll at most every {interaction.wait_seconds} s (the continue response's wait)"
-                    )
-                polled = msgspec.structs.replace(
-                    grant,
-                    interaction=msgspec.structs.replace(
-                        interaction, next_poll_ms=now_ms + interaction.wait_seconds * 1000
-                    ),
-                )
+            if raw is None:
+                raise states.unknown_continuation()
+            grant = _grant_decoder.decode(raw)
+            polled = states.continued(grant, continue_token, interact_ref, now_ms)
+            if polled is not None:
                 pipe.multi()
                 pipe.set(key, _encoder.encode(polled), keepttl=True)
                 await pipe.execute()
                 return Continued(grant=polled)
             # Approved: finalize, once.
             new_continue = new_secret()
-            finalized = msgspec.structs.replace(grant, state="finalized", continue_token_digest=digest(new_continue))
+            finalized = states.finalized(grant, new_continue)
             value = new_secret()
-            token = Token(
-                id=str(uuid.uuid4()),
-                grant_id=grant.id,
-                client=grant.client,
-                access=grant.access,
-                expires_at_ms=now_ms + self._token_seconds * 1000,
-            )
+            token = states.new_token(str(uuid.uuid4()), grant, now_ms, self._token_seconds)
             pipe.multi()
             pipe.set(key, _encoder.encode(finalized))  # no TTL any more
             self._put_token(pipe, value, token)
@@ -385,9 +211,7 @@ class GrantStore:
         if raw is None:
             return None
         grant = _grant_decoder.decode(raw)
-        if not secrets.compare_digest(grant.continue_token_digest, digest(continue_token)):
-            return None
-        return grant
+        return grant if states.continue_token_matches(grant, continue_token) else None
 
     async def cancel(self, grant: Grant, continue_token: str) -> bool:
         """The grant (pending, decided or finalized) and every token issued under it stop
@@ -399,7 +223,7 @@ class GrantStore:
         async def attempt(pipe: aioredis.client.Pipeline) -> list[str] | None:
             raw = await pipe.get(grant_key)
             current = None if raw is None else _grant_decoder.decode(raw)
-            if current is None or not secrets.compare_digest(current.continue_token_digest, digest(continue_token)):
+            if current is None or not states.continue_token_matches(current, continue_token):
                 return None
             digests = [d.decode() for d in await pipe.smembers(tokens_key)]
             pipe.multi()

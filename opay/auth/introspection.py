@@ -13,7 +13,8 @@ import httpx
 import msgspec
 import redis
 
-from opay.auth.grants import GrantStore, Introspection, digest
+from opay.auth.grant_states import Introspection, digest
+from opay.auth.grants import GrantStore
 from opay.clock import now_ms
 
 

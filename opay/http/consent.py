@@ -27,7 +27,7 @@ from starlette.routing import Route
 
 from opay.auth.access import AccessItem
 from opay.auth.consent import may_decide
-from opay.auth.grants import Decided, Grant, finish_redirect, with_query
+from opay.auth.grant_states import Decided, Grant, finish_redirect, with_query
 from opay.clock import now_ms
 from opay.domain.errors import DomainError
 from opay.domain.intervals import parse_interval

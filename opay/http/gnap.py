@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from opay.clock import now_ms
 from opay.auth.access import AccessItem, check_access
-from opay.auth.grants import ClientRef, ContinuationRefused, Finish, Grant, Token
+from opay.auth.grant_states import ClientRef, ContinuationRefused, Finish, Grant, Token
 from opay.domain.amounts import Asset
 from opay.http import consent, signatures, wire
 from opay.http.errors import ApiError

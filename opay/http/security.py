@@ -15,7 +15,7 @@ from starlette.requests import Request
 
 from opay.auth.access import AccessItem, Permit, permit
 from opay.auth.client_keys import ClientKeys, ClientUnusable, KeysUnavailable
-from opay.auth.grants import ClientRef
+from opay.auth.grant_states import ClientRef
 from opay.auth.introspection import IntrospectionUnavailable, Introspector
 from opay.http import signatures
 from opay.http.errors import ApiError
