@@ -27,15 +27,16 @@ from opay.auth.consent import may_decide
 from opay.auth.grant_states import Decided, Grant, finish_redirect, with_query
 from opay.clock import now_ms
 from opay.http import consent_page as page
+from opay.http import urls
 from opay.http.errors import ApiError
 from opay.http.services import Services, services
 from opay.persistence.wallet_addresses import WalletAddress
 
-PREFIX = "/auth/interact"
+PREFIX = urls.AUTH + urls.INTERACT
 
 def page_url(s: Services, grant: Grant) -> str:
     assert grant.interaction is not None
-    return f"{s.settings.auth_server_url}/interact/{grant.id}/{grant.interaction.nonce}"
+    return urls.consent_page(s.settings.public_url, grant.id, grant.interaction.nonce)
 
 
 def consent_app_url(consent_url: str, grant_id: str, nonce: str) -> str:

@@ -24,14 +24,14 @@ from opay.clock import now_ms
 from opay.auth.access import AccessItem, check_access
 from opay.auth.grant_states import ClientRef, ContinuationRefused, Finish, Grant, Token
 from opay.domain.amounts import Asset
-from opay.http import consent, signatures, wire
+from opay.http import consent, signatures, urls, wire
 from opay.http.errors import ApiError
 from opay.http.resources import canonical_uuid
 from opay.http.security import client_key, verify_request_signature
 from opay.http.services import Services, read_body, services
 from opay.persistence.wallet_addresses import Jwk
 
-PREFIX = "/auth"
+PREFIX = urls.AUTH
 
 
 class AccessTokenRequest(msgspec.Struct, frozen=True):
@@ -130,7 +130,7 @@ def _finish(interact: InteractRequest) -> Finish | None:
 
 
 def _continue_view(s: Services, grant: Grant, continue_token: str, wait: bool) -> dict:
-    view: dict = {"access_token": {"value": continue_token}, "uri": f"{s.settings.auth_server_url}/continue/{grant.id}"}
+    view: dict = {"access_token": {"value": continue_token}, "uri": urls.continue_uri(s.settings.public_url, grant.id)}
     if wait and grant.interaction is not None:
         view["wait"] = grant.interaction.wait_seconds
     return view
@@ -139,7 +139,7 @@ def _continue_view(s: Services, grant: Grant, continue_token: str, wait: bool) -
 def _token_view(s: Services, value: str, token: Token) -> dict:
     return {
         "value": value,
-        "manage": f"{s.settings.auth_server_url}/token/{token.id}",
+        "manage": urls.token_manage(s.settings.public_url, token.id),
         "expires_in": max(0, (token.expires_at_ms - now_ms()) // 1000),
         "access": msgspec.to_builtins(token.access),
     }
@@ -197,7 +197,7 @@ async def request_grant(request: Request) -> Response:
                 "access_token": _token_view(s, value, token),
                 "continue": {
                     "access_token": {"value": continue_token},
-                    "uri": f"{s.settings.auth_server_url}/continue/{grant.id}",
+                    "uri": urls.continue_uri(s.settings.public_url, grant.id),
                 },
             }
         ),
@@ -289,9 +289,9 @@ async def revoke_token(request: Request) -> Response:
 ROUTES = [
     Route(PREFIX, request_grant, methods=["POST"]),
     # Any id, slashes included, reaches its handler, which answers with the spec's codes.
-    Route(PREFIX + "/continue/{grant_id:any}", continue_grant, methods=["POST"]),
-    Route(PREFIX + "/continue/{grant_id:any}", cancel_grant, methods=["DELETE"]),
-    Route(PREFIX + "/token/{token_id:any}", rotate_token, methods=["POST"]),
-    Route(PREFIX + "/token/{token_id:any}", revoke_token, methods=["DELETE"]),
+    Route(PREFIX + urls.CONTINUE + "/{grant_id:any}", continue_grant, methods=["POST"]),
+    Route(PREFIX + urls.CONTINUE + "/{grant_id:any}", cancel_grant, methods=["DELETE"]),
+    Route(PREFIX + urls.TOKEN + "/{token_id:any}", rotate_token, methods=["POST"]),
+    Route(PREFIX + urls.TOKEN + "/{token_id:any}", revoke_token, methods=["DELETE"]),
     *consent.ROUTES,
 ]

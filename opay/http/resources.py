@@ -9,7 +9,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import Response
 
 from opay.domain.incoming_payment import IncomingPayment
-from opay.http import wire
+from opay.http import urls, wire
 from opay.http.errors import ApiError
 from opay.http.security import Authenticated, authenticate, bearer_token, unauthorized
 from opay.http.services import Services
@@ -61,8 +61,8 @@ def path_uuid(request: Request, what: str) -> str:
 
 def uuid_in_url(s: Services, url: str, collection: str) -> str | None:
     """The id of one of this server's resources from its URL, or None for any other URL."""
-    prefix = f"{s.settings.resource_server_url}/{collection}/"
-    return canonical_uuid(url[len(prefix) :]) if url.startswith(prefix) else None
+    found = urls.resource_id(s.settings.public_url, url, "/" + collection)
+    return None if found is None else canonical_uuid(found)
 
 
 def visible(authenticated: Authenticated, resource_type: str, action: str, wallet_address: str, client: str | None) -> bool:

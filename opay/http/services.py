@@ -12,6 +12,7 @@ from opay.actors.router import ShardRouter
 from opay.auth.client_keys import ClientKeys
 from opay.auth.grants import GrantStore
 from opay.auth.introspection import Introspector
+from opay.http import urls
 from opay.http.errors import ApiError
 from opay.ilp.credentials import CredentialMint
 from opay.persistence.queries import Queries
@@ -52,11 +53,10 @@ class Services:
         self._wallet_cache: dict[str, tuple[WalletAddress, float]] = {}
 
     def wallet_url(self, path: str) -> str:
-        return f"{self.settings.public_url}/{path}"
+        return urls.wallet_address(self.settings.public_url, path)
 
     def wallet_path(self, url: str) -> str | None:
-        prefix = self.settings.public_url + "/"
-        return url[len(prefix) :] if url.startswith(prefix) and len(url) > len(prefix) else None
+        return urls.wallet_path(self.settings.public_url, url)
 
     async def wallet(self, path: str) -> WalletAddress | None:
         """The wallet address, from a cache at most WALLET_CACHE_SECONDS old: fit for its

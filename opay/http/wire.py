@@ -12,6 +12,7 @@ from opay.domain.incoming_payment import IncomingPayment
 from opay.domain.outgoing_payment import OutgoingPayment
 from opay.domain.quote import Quote
 from opay.domain.times import format_ms
+from opay.http import urls
 from opay.http.errors import ApiError
 
 T = TypeVar("T")
@@ -129,7 +130,7 @@ def amount(value: int, asset: Asset) -> dict:
 
 def incoming_payment(payment: IncomingPayment, resource_server: str) -> dict:
     view: dict = {
-        "id": f"{resource_server}/incoming-payments/{payment.id}",
+        "id": urls.incoming_payment(resource_server, payment.id),
         "walletAddress": payment.wallet_address,
         "completed": payment.completed,
     }
@@ -145,7 +146,7 @@ def incoming_payment(payment: IncomingPayment, resource_server: str) -> dict:
 
 def quote(value: Quote, resource_server: str) -> dict:
     return {
-        "id": f"{resource_server}/quotes/{value.id}",
+        "id": urls.quote(resource_server, value.id),
         "walletAddress": value.wallet_address,
         "receiver": value.receiver,
         "receiveAmount": amount(value.receive, value.receive_asset),
@@ -158,9 +159,9 @@ def quote(value: Quote, resource_server: str) -> dict:
 
 def outgoing_payment(payment: OutgoingPayment, resource_server: str) -> dict:
     """Exactly the spec's fields: get and list allow no others."""
-    view: dict = {"id": f"{resource_server}/outgoing-payments/{payment.id}", "walletAddress": payment.wallet_address}
+    view: dict = {"id": urls.outgoing_payment(resource_server, payment.id), "walletAddress": payment.wallet_address}
     if payment.quote_id is not None:
-        view["quoteId"] = f"{resource_server}/quotes/{payment.quote_id}"
+        view["quoteId"] = urls.quote(resource_server, payment.quote_id)
     view["failed"] = payment.failed
     view["receiver"] = payment.receiver
     view["receiveAmount"] = amount(payment.receive, payment.receive_asset)
