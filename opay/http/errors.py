@@ -20,6 +20,19 @@ STATUS_OF_KIND = {
 }
 
 
+class ErrorDetail(msgspec.Struct, frozen=True, omit_defaults=True):
+    code: str
+    description: str
+    details: dict | None = None
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    error: ErrorDetail
+
+
+_encoder = msgspec.json.Encoder()
+
+
 class ApiError(Exception):
     def __init__(self, status: int, code: str, description: str, details: dict | None = None, headers: dict | None = None) -> None:
         super().__init__(description)
@@ -40,10 +53,8 @@ class ApiError(Exception):
 
 
 def error_response(status: int, code: str, description: str, details: dict | None = None, headers: dict | None = None) -> Response:
-    error: dict = {"code": code, "description": description}
-    if details:
-        error["details"] = details
-    return Response(msgspec.json.encode({"error": error}), status_code=status, media_type="application/json", headers=headers)
+    body = ErrorBody(ErrorDetail(code, description, details or None))
+    return Response(_encoder.encode(body), status_code=status, media_type="application/json", headers=headers)
 
 
 async def handle_api_error(request: Request, exc: Exception) -> Response:

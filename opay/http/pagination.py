@@ -19,6 +19,18 @@ from opay.persistence.queries import CursorNotFound, Queries
 PAGE_MAX = 100
 
 
+class PageInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    startCursor: str | None = None
+    endCursor: str | None = None
+    hasNextPage: bool
+    hasPreviousPage: bool
+
+
+class Page(msgspec.Struct, frozen=True):
+    pagination: PageInfo
+    result: list
+
+
 class PageQuery(msgspec.Struct, frozen=True):
     wallet_address: str
     direction: str
@@ -50,22 +62,22 @@ def parse_page_query(request: Request, default_count: int) -> PageQuery:
 
 
 async def page_response(
-    queries: Queries, index: str, query: PageQuery, kind: str, view: Callable[[object], dict]
-) -> dict:
+    queries: Queries, index: str, query: PageQuery, kind: str, view: Callable[[object], object]
+) -> Page:
     try:
         page = await queries.page(index, None if query.cursor is None else f"{kind}:{query.cursor}", query.direction, query.count)
     except CursorNotFound:
         raise ApiError(400, "invalid_cursor", "cursor does not name an item of this list") from None
-    pagination: dict = {}
-    if page.items:
-        pagination["startCursor"] = page.items[0].id
-        pagination["endCursor"] = page.items[-1].id
-    pagination["hasNextPage"] = page.has_next
-    pagination["hasPreviousPage"] = page.has_previous
-    return {"pagination": pagination, "result": [view(item) for item in page.items]}
+    pagination = PageInfo(
+        startCursor=page.items[0].id if page.items else None,
+        endCursor=page.items[-1].id if page.items else None,
+        hasNextPage=page.has_next,
+        hasPreviousPage=page.has_previous,
+    )
+    return Page(pagination, [view(item) for item in page.items])
 
 
-async def list_resources(request: Request, resource_type: str, kind: str, view: Callable[[object, str], dict]) -> dict:
+async def list_resources(request: Request, resource_type: str, kind: str, view: Callable[[object, str], object]) -> Page:
     """A page of a wallet address's resources of one kind: the caller's own, or all with list-all."""
     s = services(request)
     caller = await authenticated(request, s, b"")

@@ -105,13 +105,24 @@ def _depth(text: bytes) -> int:
     return deepest
 
 
+# One decoder per body type, built on first use and reused.
+_decoders: dict[object, msgspec.json.Decoder] = {}
+
+
+def decoder(body_type: type[T]) -> msgspec.json.Decoder[T]:
+    found = _decoders.get(body_type)
+    if found is None:
+        found = _decoders[body_type] = msgspec.json.Decoder(body_type)
+    return found
+
+
 def decode_body(body: bytes, body_type: type[T], *, allow_empty: bool = False) -> T:
     if not body.strip():
         if allow_empty:
-            return msgspec.json.decode(b"{}", type=body_type)
+            return decoder(body_type).decode(b"{}")
         raise ApiError(400, "invalid_request", "a JSON body is required")
     try:
-        return msgspec.json.decode(body, type=body_type)
+        return decoder(body_type).decode(body)
     except msgspec.ValidationError as error:
         raise ApiError(400, "invalid_request", f"invalid body: {error}") from None
     except msgspec.DecodeError:
@@ -120,8 +131,11 @@ def decode_body(body: bytes, body_type: type[T], *, allow_empty: bool = False) -
         raise ApiError(400, "invalid_request", "the body nests too deeply") from None
 
 
+_encoder = msgspec.json.Encoder()
+
+
 def encode(value: object) -> bytes:
-    return msgspec.json.encode(value)
+    return _encoder.encode(value)
 
 
 def amount(value: int, asset: Asset) -> dict:
