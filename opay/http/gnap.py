@@ -60,6 +60,46 @@ class ContinueRequest(msgspec.Struct, frozen=True):
     interact_ref: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
 
 
+class TokenValue(msgspec.Struct, frozen=True):
+    value: str
+
+
+class ContinueView(msgspec.Struct, frozen=True, omit_defaults=True):
+    access_token: TokenValue
+    uri: str
+    wait: int | msgspec.UnsetType = msgspec.UNSET
+
+
+class AccessTokenView(msgspec.Struct, frozen=True):
+    value: str
+    manage: str
+    expires_in: int
+    access: list[AccessItem]
+
+
+class InteractView(msgspec.Struct, frozen=True):
+    redirect: str
+    finish: str
+
+
+class PendingGrantResponse(msgspec.Struct, frozen=True):
+    interact: InteractView
+    continue_: ContinueView = msgspec.field(name="continue")
+
+
+class GrantResponse(msgspec.Struct, frozen=True):
+    access_token: AccessTokenView
+    continue_: ContinueView = msgspec.field(name="continue")
+
+
+class ContinuePendingResponse(msgspec.Struct, frozen=True):
+    continue_: ContinueView = msgspec.field(name="continue")
+
+
+class RotatedResponse(msgspec.Struct, frozen=True):
+    access_token: AccessTokenView
+
+
 # Continuation refusals: GNAP's codes, with the statuses the spec gives them.
 _CONTINUATION_STATUS = {"too_fast": 400, "invalid_continuation": 401, "request_denied": 401}
 # A finish URI may be a web page or an app's own scheme, never one that runs or embeds content.
@@ -129,20 +169,21 @@ def _finish(interact: InteractRequest) -> Finish | None:
     return Finish(method=interact.finish.method, uri=uri, nonce=interact.finish.nonce)
 
 
-def _continue_view(s: Services, grant: Grant, continue_token: str, wait: bool) -> dict:
-    view: dict = {"access_token": {"value": continue_token}, "uri": urls.continue_uri(s.settings.public_url, grant.id)}
+def _continue_view(s: Services, grant: Grant, continue_token: str, wait: bool) -> ContinueView:
+    uri = urls.continue_uri(s.settings.public_url, grant.id)
     if wait and grant.interaction is not None:
-        view["wait"] = grant.interaction.wait_seconds
-    return view
+        return ContinueView(TokenValue(continue_token), uri, grant.interaction.wait_seconds)
+    return ContinueView(TokenValue(continue_token), uri)
 
 
-def _token_view(s: Services, value: str, token: Token) -> dict:
-    return {
-        "value": value,
-        "manage": urls.token_manage(s.settings.public_url, token.id),
-        "expires_in": max(0, (token.expires_at_ms - now_ms()) // 1000),
-        "access": msgspec.to_builtins(token.access),
-    }
+def _token_view(s: Services, value: str, token: Token) -> AccessTokenView:
+    return AccessTokenView(
+        value, urls.token_manage(s.settings.public_url, token.id), max(0, (token.expires_at_ms - now_ms()) // 1000), token.access
+    )
+
+
+def _json(body: msgspec.Struct) -> Response:
+    return Response(wire.encode(body), media_type="application/json")
 
 
 def _gnap_token(request: Request) -> str:
@@ -178,31 +219,10 @@ async def request_grant(request: Request) -> Response:
     if interact is not None:
         pending, continue_token = await s.grants.start(client, access, finish, now_ms())
         assert pending.interaction is not None
-        return Response(
-            wire.encode(
-                {
-                    "interact": {
-                        "redirect": consent.interact_redirect(s, pending),
-                        "finish": pending.interaction.finish_nonce,
-                    },
-                    "continue": _continue_view(s, pending, continue_token, wait=True),
-                }
-            ),
-            media_type="application/json",
-        )
+        interaction = InteractView(consent.interact_redirect(s, pending), pending.interaction.finish_nonce)
+        return _json(PendingGrantResponse(interaction, _continue_view(s, pending, continue_token, wait=True)))
     grant, value, token, continue_token = await s.grants.issue(client, access, now_ms())
-    return Response(
-        wire.encode(
-            {
-                "access_token": _token_view(s, value, token),
-                "continue": {
-                    "access_token": {"value": continue_token},
-                    "uri": urls.continue_uri(s.settings.public_url, grant.id),
-                },
-            }
-        ),
-        media_type="application/json",
-    )
+    return _json(GrantResponse(_token_view(s, value, token), _continue_view(s, grant, continue_token, wait=False)))
 
 
 async def continue_grant(request: Request) -> Response:
@@ -223,16 +243,10 @@ async def continue_grant(request: Request) -> Response:
         raise ApiError(_CONTINUATION_STATUS[refused.code], refused.code, refused.description) from None
     if outcome.token is None:
         # Still pending: the same continuation token, and how long to wait before the next poll.
-        return Response(wire.encode({"continue": _continue_view(s, outcome.grant, continue_token, wait=True)}), media_type="application/json")
+        return _json(ContinuePendingResponse(_continue_view(s, outcome.grant, continue_token, wait=True)))
     assert outcome.token_value is not None and outcome.continue_token is not None
-    return Response(
-        wire.encode(
-            {
-                "access_token": _token_view(s, outcome.token_value, outcome.token),
-                "continue": _continue_view(s, outcome.grant, outcome.continue_token, wait=False),
-            }
-        ),
-        media_type="application/json",
+    return _json(
+        GrantResponse(_token_view(s, outcome.token_value, outcome.token), _continue_view(s, outcome.grant, outcome.continue_token, wait=False))
     )
 
 
@@ -274,7 +288,7 @@ async def rotate_token(request: Request) -> Response:
         # A concurrent rotate, revoke or cancel got there first: the chain never forks.
         raise _unknown_token()
     new_value, new_token = rotated
-    return Response(wire.encode({"access_token": _token_view(s, new_value, new_token)}), media_type="application/json")
+    return _json(RotatedResponse(_token_view(s, new_value, new_token)))
 
 
 async def revoke_token(request: Request) -> Response:
