@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 import uvicorn
 
 from opay import base64url
+from opay.actors import registry
 from opay.actors.timers import Timers
 from opay.actors.router import ShardRouter, Shards
 from opay.auth.client_keys import ClientKeys
@@ -87,7 +88,7 @@ async def serve(settings: Settings, redis_url: str, shards: Shards, *, show_toke
     services = Services(
         settings=settings,
         router=router,
-        queries=Queries(client),
+        queries=Queries(client, registry.codec),
         wallets=wallets,
         grants=grants,
         introspector=introspector,

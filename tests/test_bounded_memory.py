@@ -28,13 +28,14 @@ from opay.actors.messages import (
     Tell,
     tag_of,
 )
-from opay.actors.shard import HANDLERS, JOURNAL_KEYS
+from opay.actors.registry import HANDLERS, JOURNAL_KEYS
 from opay.clock import now_ms
 from opay.domain import incoming_payment as ip_rules
 from opay.domain.amounts import Asset
 from opay.domain.grant_spend import GrantSpend, Limits, Reservation
 from opay.domain.outgoing_payment import OutgoingPayment
-from opay.persistence import codec, keys
+from opay.actors.registry import codec
+from opay.persistence import keys
 from opay.persistence.embedded_redis import EmbeddedRedis
 from opay.persistence.snapshots import JOURNAL_WHOLE_MAX, SnapshotStore
 

@@ -19,7 +19,8 @@ import redis
 from opay.actors.routing import shard_of
 from opay import base64url
 from opay.ilp.credentials import CredentialMint
-from opay.persistence import codec, keys
+from opay.actors.registry import codec
+from opay.persistence import keys
 from opay.settings import Settings
 from opay.client import Operator
 from tests.conftest import make_world

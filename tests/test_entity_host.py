@@ -25,7 +25,8 @@ from opay.actors.messages import (
 from opay.clock import now_ms
 from opay.domain import incoming_payment as rules
 from opay.domain.amounts import Asset
-from opay.persistence import codec, keys
+from opay.actors.registry import codec
+from opay.persistence import keys
 from opay.persistence.embedded_redis import EmbeddedRedis
 from opay.persistence.snapshots import SnapshotStore
 

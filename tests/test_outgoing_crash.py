@@ -39,7 +39,8 @@ from opay.actors.incoming_payments import journal_key
 from opay.domain.grant_spend import GrantSpend, Reservation
 from opay.domain.incoming_payment import CreditOutcome
 from opay.domain.outgoing_payment import Abandoned, OutgoingPayment
-from opay.persistence import codec, keys
+from opay.actors.registry import codec
+from opay.persistence import keys
 from tests.conftest import make_world
 from tests.support import OpayServer
 

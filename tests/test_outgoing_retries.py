@@ -30,7 +30,8 @@ import redis.asyncio as aioredis
 from opay.domain.outgoing_payment import Abandoned, OutgoingPayment
 from opay.http import signatures
 from opay.http.outgoing_payments import keyed_payment_id
-from opay.persistence import codec, keys
+from opay.actors.registry import codec
+from opay.persistence import keys
 from tests.conftest import make_world
 from tests.support import OpayServer, session_members
 from tests.test_outgoing_payments import Payer, make_payer, rfc3339, usd
@@ -226,7 +227,8 @@ def _args_of(request: tuple[bytes, dict[str, str]]) -> tuple[dict, str | None]:
 # commands of the create flow (opay/http/outgoing_payments.py), sent to the server's shards.
 CUT_OFF = """
 import json, sys, ray
-from opay.actors.messages import BindQuote, ReserveSpend, decode_result, encode
+from opay.actors.messages import BindQuote, ReserveSpend, encode
+from opay.actors.registry import decode_result
 from opay.actors.routing import shard_of
 from opay.domain.amounts import Asset
 from opay.domain.grant_spend import Limits

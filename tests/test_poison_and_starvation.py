@@ -23,7 +23,8 @@ import redis
 
 from opay.domain.amounts import Asset
 from opay.domain.incoming_payment import IncomingPayment
-from opay.persistence import codec, keys
+from opay.actors.registry import codec
+from opay.persistence import keys
 from opay.supervision import supervise
 from tests.conftest import make_world
 from tests.support import OpayServer

@@ -26,9 +26,11 @@ from typing import Callable
 import msgspec
 import redis
 
+from opay.actors.ids import EntityIds
 from opay.actors.messages import CONFLICT_RETRY, UNAVAILABLE, BatchResult, Command, Failed, Reply, Tell
 from opay.outbox.events import Event
 from opay.persistence import codec, keys
+from opay.persistence.codec import SnapshotCodec, Upgrade
 from opay.persistence.snapshots import CONFLICT, JOURNAL_WHOLE_MAX, LANDED, EntityWrite, SideEffect, SnapshotStore
 
 
@@ -56,7 +58,7 @@ class Oversized(Exception):
 
 class Active(msgspec.Struct):
     version: int
-    state: codec.EntityState | None  # None: no snapshot yet (never kept between batches)
+    state: object | None  # None: no snapshot yet (never kept between batches)
     # Entries read from (or committed to) Redis; None: known absent from it.
     journal: dict[str, bytes | None]
     # The journal holds every entry Redis has: a key missing from it is absent.
@@ -134,7 +136,7 @@ class Step:
             SideEffect("zrem", keys.due_tries(self._shard), b=self.entity_id),
         ]
 
-    def emit(self, event_type: str, state: codec.EntityState) -> None:
+    def emit(self, event_type: str, state: msgspec.Struct) -> None:
         """Queue a webhook event, durably and atomically with this step's state."""
         if not self._emit_events:
             return
@@ -151,6 +153,28 @@ Handler = Callable[[Command, object, Step], None]
 JournalKeys = Callable[[Command], tuple[str, ...]]
 
 
+class EntityKind(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the hosting needs to know of one kind of entity, declared once in the
+    kind's own module (`KIND = EntityKind(...)`) and listed in opay/actors/registry.py,
+    which derives every dispatch table from these: the role of Akka's message extractor
+    and of Orleans' grain interfaces."""
+
+    ids: EntityIds  # the id prefix and the ids' constructor
+    states: tuple[type, ...]  # what its snapshot may hold (tagged Structs)
+    handlers: dict[type, Handler]  # command type -> handler (the kind's commands)
+    # Bumped when a state's stored shape changes; `upgrades[n]` reads schema n as n + 1.
+    schema: int = 1
+    upgrades: dict[int, Upgrade] = {}
+    journal_keys: dict[type, JournalKeys] = {}  # command type -> the journal keys it reads
+    timer: Callable[[str], Command] | None = None  # the command its due time fires
+    answered: Handler | None = None  # how it takes the answers to what it told (Answered)
+    answer_keys: JournalKeys | None = None  # the journal keys an answer reads
+
+    @property
+    def prefix(self) -> str:
+        return self.ids.prefix
+
+
 class EntityHost:
     def __init__(
         self,
@@ -160,8 +184,13 @@ class EntityHost:
         emit_events: bool = False,
         shard: int = 0,
         journal_keys: dict[type, JournalKeys] | None = None,
+        codec: SnapshotCodec | None = None,
     ) -> None:
         assert max_active > 0 and shard >= 0
+        if codec is None:
+            # The registry's, of every kind. Imported here: the kinds' modules import this one.
+            from opay.actors.registry import codec
+        self._codec = codec
         self._shard = shard
         self._journal_keys = journal_keys or {}
         self.journal_reads = 0  # journal entries read on demand (no command named them), since start
@@ -255,7 +284,7 @@ class EntityHost:
             replies.append(step.reply)
         if state is None or (not effects and state is active.state):
             return replies, state, None, pending, asked
-        snapshot = codec.encode(state)
+        snapshot = self._codec.encode_state(state)
         if len(snapshot) > SNAPSHOT_MAX_BYTES:
             raise Oversized(f"snapshot of {entity_id} is {len(snapshot)} bytes")
         return replies, state, EntityWrite(entity_id, active.version, snapshot, effects), pending, asked
@@ -295,7 +324,7 @@ class EntityHost:
                 present[entity_id] = Active(0, None, dict(found.journal), found.whole)
                 continue
             try:
-                state = codec.decode_state(found.snapshot)
+                state = self._codec.decode_state(found.snapshot)
             except Exception as error:  # any decoder fault, not only msgspec's
                 self._quarantine(entity_id, error, replies, mailboxes[entity_id])
                 continue

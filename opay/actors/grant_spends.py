@@ -14,7 +14,8 @@ another grant's payment) and no open can ever succeed on it (release the share).
 
 from __future__ import annotations
 
-from opay.actors.entity import Step
+from opay.actors import ids
+from opay.actors.entity import EntityKind, Step
 from opay.actors.messages import (
     Answered,
     Checked,
@@ -47,10 +48,6 @@ _CHECK = tag_of(CheckReservation("", ""))
 
 def _ledger(command, state: rules.GrantSpend | None) -> rules.GrantSpend:
     return state if state is not None else rules.GrantSpend(id=command.entity_id)
-
-
-def payment_entity(payment_id: str) -> str:
-    return f"op:{payment_id}"
 
 
 def _schedule(ledger: rules.GrantSpend, step: Step) -> None:
@@ -117,10 +114,10 @@ def resume(command: ResumeGrantSpend, state: rules.GrantSpend | None, step: Step
     if state is None:
         step.reply = not_found("grant")  # the timer drops the due entry
         return
-    grant_id = command.entity_id.split(":", 1)[1]
+    grant_id = ids.GRANT_SPEND.key(command.entity_id)
     asking = rules.overdue(state, step.now_ms, CHECKS_PER_FIRE)
     for payment_id in asking:
-        step.tell(CheckReservation(payment_entity(payment_id), grant_id))
+        step.tell(CheckReservation(ids.OUTGOING_PAYMENT(payment_id), grant_id))
     _schedule(rules.asked(state, asking, step.now_ms + RETRY_MS), step)
     step.reply = Nothing()
 
@@ -166,3 +163,14 @@ HANDLERS = {
     ConfirmSpend: confirm,
     ResumeGrantSpend: resume,
 }
+
+# A grant is due while a reservation waits for its payment to confirm it.
+KIND = EntityKind(
+    ids=ids.GRANT_SPEND,
+    states=(rules.GrantSpend,),
+    handlers=HANDLERS,
+    journal_keys=JOURNAL_KEYS,
+    timer=ResumeGrantSpend,
+    answered=answered,
+    answer_keys=answer_keys,
+)

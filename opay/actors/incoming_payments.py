@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import get_args
 
-from opay.actors.entity import Step
+from opay.actors import ids
+from opay.actors.entity import EntityKind, Step
 from opay.actors.messages import (
     CompleteIncomingPayment,
     CreditIncomingPayment,
@@ -35,12 +36,12 @@ def open_payment(command: OpenIncomingPayment, state: rules.IncomingPayment | No
         return
     payment = command.payment
     step.state = payment
-    step.effects.append(SideEffect("zadd", keys.index("ip", payment.wallet_address), payment.created_at_ms, command.entity_id))
+    step.effects.append(SideEffect("zadd", keys.index(ids.INCOMING_PAYMENT.prefix, payment.wallet_address), payment.created_at_ms, command.entity_id))
     step.due(payment.expires_at_ms)
     step.emit("incoming_payment.created", payment)
     if payment.client is not None:
         step.effects.append(
-            SideEffect("zadd", keys.index("ip", payment.wallet_address, payment.client), payment.created_at_ms, command.entity_id)
+            SideEffect("zadd", keys.index(ids.INCOMING_PAYMENT.prefix, payment.wallet_address, payment.client), payment.created_at_ms, command.entity_id)
         )
     step.reply = State(payment)
 
@@ -193,3 +194,11 @@ HANDLERS = {
 }
 
 JOURNAL_KEYS = {CreditIncomingPayment: credit_journal_keys}
+
+KIND = EntityKind(
+    ids=ids.INCOMING_PAYMENT,
+    states=(rules.IncomingPayment,),
+    handlers=HANDLERS,
+    journal_keys=JOURNAL_KEYS,
+    timer=ExpireIncomingPayment,
+)

@@ -5,25 +5,38 @@ a Tell: it leaves with the batch's replies once the asking entity's state is com
 and the router delivers it, sending the answer back as `Answered`. A Tell can be lost
 with a crashed front end; every entity that tells keeps the pending action in its
 committed state and a due time, so its timer asks again (answers are idempotent).
+
+This module declares the protocol: every command derives from `Command`, and the kind
+that handles it says so in its own module (its `KIND`). What is open here (a `State`'s
+state, the command a `Tell` carries) is closed by opay/actors/registry.py, which knows
+every kind: it builds the unions and the decoders of a batch and of its result.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 import msgspec
 
 from opay.domain.amounts import Asset
 from opay.domain.grant_spend import Limits
-from opay.domain.incoming_payment import CreditOutcome
+from opay.domain.incoming_payment import CreditOutcome, IncomingPayment
 from opay.domain.outgoing_payment import OutgoingPayment
 from opay.domain.quote import Quote
-from opay.persistence.codec import EntityState
+
+S = TypeVar("S")  # an entity state (the registry's union of them)
+C = TypeVar("C")  # a command (the registry's union of them)
+R = TypeVar("R")  # a reply (the registry's Reply, its State closed)
 
 
-class OpenIncomingPayment(msgspec.Struct, frozen=True, tag="ip.open"):
+class Command(msgspec.Struct, frozen=True):
+    """To one entity, named by its id (opay/actors/ids.py)."""
+
     entity_id: str
-    payment: EntityState
+
+
+class OpenIncomingPayment(Command, tag="ip.open"):
+    payment: IncomingPayment
 
 
 # Who credits: the operator API, an outgoing payment's settlement, or the ILP receiver.
@@ -32,13 +45,12 @@ class OpenIncomingPayment(msgspec.Struct, frozen=True, tag="ip.open"):
 CreditSource = Literal["operator", "settlement", "ilp"]
 
 
-class CreditIncomingPayment(msgspec.Struct, frozen=True, tag="ip.credit"):
+class CreditIncomingPayment(Command, tag="ip.credit"):
     """A credit, deduplicated by its idempotency key (kept for good), or, for ILP packets,
     by the Prepare's executionCondition (kept until the Prepare expires; never credited at
     or after `expires_at_ms`). `source` is set by the code path that sends it, never taken
     from the input."""
 
-    entity_id: str
     amount: int
     source: CreditSource
     idempotency_key: str = ""
@@ -46,38 +58,33 @@ class CreditIncomingPayment(msgspec.Struct, frozen=True, tag="ip.credit"):
     expires_at_ms: int = 0  # ILP: the Prepare's expiresAt
 
 
-class CompleteIncomingPayment(msgspec.Struct, frozen=True, tag="ip.complete"):
-    entity_id: str
+class CompleteIncomingPayment(Command, tag="ip.complete"):
     # The caller's scope: None means any. Out of scope answers not found, never forbidden,
     # so one client cannot learn of another's resources.
     wallet_address: str | None
     client: str | None
 
 
-class ExpireIncomingPayment(msgspec.Struct, frozen=True, tag="ip.expire"):
-    entity_id: str
+class ExpireIncomingPayment(Command, tag="ip.expire"):
+    pass
 
 
-class OpenQuote(msgspec.Struct, frozen=True, tag="quote.open"):
-    entity_id: str
+class OpenQuote(Command, tag="quote.open"):
     quote: Quote
 
 
-class BindQuote(msgspec.Struct, frozen=True, tag="quote.bind"):
+class BindQuote(Command, tag="quote.bind"):
     """Make the quote back one outgoing payment (single use, before expiry)."""
 
-    entity_id: str
     payment_id: str
     wallet_address: str
 
 
-class UnbindQuote(msgspec.Struct, frozen=True, tag="quote.unbind"):
-    entity_id: str
+class UnbindQuote(Command, tag="quote.unbind"):
     payment_id: str
 
 
-class ReserveSpend(msgspec.Struct, frozen=True, tag="grant.reserve"):
-    entity_id: str
+class ReserveSpend(Command, tag="grant.reserve"):
     payment_id: str
     limits: Limits
     debit: int
@@ -87,41 +94,34 @@ class ReserveSpend(msgspec.Struct, frozen=True, tag="grant.reserve"):
     receiver: str
 
 
-class ReleaseSpend(msgspec.Struct, frozen=True, tag="grant.release"):
-    entity_id: str
+class ReleaseSpend(Command, tag="grant.release"):
     payment_id: str
 
 
-class ReadSpend(msgspec.Struct, frozen=True, tag="grant.read"):
-    entity_id: str
+class ReadSpend(Command, tag="grant.read"):
     limits: Limits
 
 
-class ConfirmSpend(msgspec.Struct, frozen=True, tag="grant.confirm"):
+class ConfirmSpend(Command, tag="grant.confirm"):
     """From the payment entity once opened: its reservation is no longer tentative."""
 
-    entity_id: str
     payment_id: str
 
 
-class ResumeGrantSpend(msgspec.Struct, frozen=True, tag="grant.resume"):
+class ResumeGrantSpend(Command, tag="grant.resume"):
     """The timer's nudge: ask about reservations whose payment has not confirmed them."""
 
-    entity_id: str
 
-
-class CheckReservation(msgspec.Struct, frozen=True, tag="op.check"):
+class CheckReservation(Command, tag="op.check"):
     """From a grant to a payment id it reserved for: were you opened under this grant?
     Asking settles it: an id with no payment becomes a tombstone that refuses any open."""
 
-    entity_id: str
     grant_id: str
 
 
-class OpenOutgoingPayment(msgspec.Struct, frozen=True, tag="op.open"):
+class OpenOutgoingPayment(Command, tag="op.open"):
     """Open the payment, or answer the one this same request opened before (a retry)."""
 
-    entity_id: str
     payment: OutgoingPayment
     limits: Limits
     fund_at_once: bool
@@ -132,23 +132,20 @@ class OpenOutgoingPayment(msgspec.Struct, frozen=True, tag="op.open"):
     reserved: bool = True
 
 
-class FundOutgoingPayment(msgspec.Struct, frozen=True, tag="op.fund"):
-    entity_id: str
+class FundOutgoingPayment(Command, tag="op.fund"):
+    pass
 
 
-class CancelOutgoingPayment(msgspec.Struct, frozen=True, tag="op.cancel"):
-    entity_id: str
+class CancelOutgoingPayment(Command, tag="op.cancel"):
     reason: str
 
 
-class ResumeOutgoingPayment(msgspec.Struct, frozen=True, tag="op.resume"):
+class ResumeOutgoingPayment(Command, tag="op.resume"):
     """The timer's nudge: redo whatever the payment still waits on."""
 
-    entity_id: str
 
-
-class State(msgspec.Struct, frozen=True, tag="state"):
-    state: EntityState
+class State(msgspec.Struct, Generic[S], frozen=True, tag="state"):
+    state: S
 
 
 class Credited(msgspec.Struct, frozen=True, tag="credited"):
@@ -187,55 +184,31 @@ class Failed(msgspec.Struct, frozen=True, tag="failed"):
     details: dict = {}
 
 
+# For annotations; the registry's Reply is this with State's state closed.
 Reply = State | Credited | Spent | Checked | Nothing | Failed
 
 
-class Answered(msgspec.Struct, frozen=True, tag="answered"):
+class Answered(Command, Generic[R], tag="answered"):
     """The answer to a Tell, delivered to the entity that asked."""
 
-    entity_id: str
     question: str  # the tag of the command asked
-    answer: Reply
+    answer: R
 
 
-Command = (
-    OpenIncomingPayment
-    | CreditIncomingPayment
-    | CompleteIncomingPayment
-    | ExpireIncomingPayment
-    | OpenQuote
-    | BindQuote
-    | UnbindQuote
-    | ReserveSpend
-    | ReleaseSpend
-    | ReadSpend
-    | ConfirmSpend
-    | ResumeGrantSpend
-    | CheckReservation
-    | OpenOutgoingPayment
-    | FundOutgoingPayment
-    | CancelOutgoingPayment
-    | ResumeOutgoingPayment
-    | Answered
-)
-
-
-class Tell(msgspec.Struct, frozen=True):
-    command: Command
+class Tell(msgspec.Struct, Generic[C], frozen=True):
+    command: C
     reply_to: str | None = None
 
 
-class BatchResult(msgspec.Struct, frozen=True):
-    replies: list[Reply]
-    tells: list[Tell] = []
+class BatchResult(msgspec.Struct, Generic[C, R], frozen=True):
+    replies: list[R]
+    tells: list[Tell[C]] = []
 
 
 UNAVAILABLE = Failed("unavailable", "unavailable", "storage is unavailable; retry shortly")
 CONFLICT_RETRY = Failed("unavailable", "concurrent_activation", "the resource moved between hosts; retry shortly")
 
 _encoder = msgspec.msgpack.Encoder()
-_commands = msgspec.msgpack.Decoder(list[Command])
-_result = msgspec.msgpack.Decoder(BatchResult)
 
 
 def tag_of(command: Command) -> str:
@@ -245,10 +218,3 @@ def tag_of(command: Command) -> str:
 def encode(value: object) -> bytes:
     return _encoder.encode(value)
 
-
-def decode_commands(data: bytes) -> list[Command]:
-    return _commands.decode(data)
-
-
-def decode_result(data: bytes) -> BatchResult:
-    return _result.decode(data)

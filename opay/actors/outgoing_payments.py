@@ -19,7 +19,8 @@ nothing (`reserved=False`) only ever answers an existing payment.
 
 from __future__ import annotations
 
-from opay.actors.entity import Step
+from opay.actors import ids
+from opay.actors.entity import EntityKind, Step
 from opay.actors.messages import (
     Answered,
     CancelOutgoingPayment,
@@ -45,22 +46,14 @@ from opay.persistence.snapshots import SideEffect
 RETRY_MS = 5_000
 
 
-def grant_entity(grant_id: str) -> str:
-    return f"grant:{grant_id}"
-
-
-def receiver_entity(receiver_url: str) -> str:
-    return f"ip:{receiver_url.rsplit('/', 1)[1]}"
-
-
 def _pursue(payment: rules.OutgoingPayment, step: Step) -> None:
     """Ask for whatever the payment still waits on, and come back later if unanswered."""
     step.state = payment
     if payment.phase == "sending":
-        step.tell(CreditIncomingPayment(receiver_entity(payment.receiver), payment.receive, "settlement", payment.id))
+        step.tell(CreditIncomingPayment(ids.incoming_payment_of_url(payment.receiver), payment.receive, "settlement", payment.id))
         step.due(step.now_ms + RETRY_MS)
     elif payment.phase == "failed" and not payment.grant_released:
-        step.tell(ReleaseSpend(grant_entity(payment.grant_id), payment.id))
+        step.tell(ReleaseSpend(ids.GRANT_SPEND(payment.grant_id), payment.id))
         step.due(step.now_ms + RETRY_MS)
     else:
         step.not_due()
@@ -87,10 +80,10 @@ def open_payment(command: OpenOutgoingPayment, state: rules.OutgoingPayment | ru
         step.reply = not_found("outgoing payment")
         return
     payment = command.payment
-    step.effects.append(SideEffect("zadd", keys.index("op", payment.wallet_address), payment.created_at_ms, command.entity_id))
+    step.effects.append(SideEffect("zadd", keys.index(ids.OUTGOING_PAYMENT.prefix, payment.wallet_address), payment.created_at_ms, command.entity_id))
     if payment.client is not None:
         step.effects.append(
-            SideEffect("zadd", keys.index("op", payment.wallet_address, payment.client), payment.created_at_ms, command.entity_id)
+            SideEffect("zadd", keys.index(ids.OUTGOING_PAYMENT.prefix, payment.wallet_address, payment.client), payment.created_at_ms, command.entity_id)
         )
     step.emit("outgoing_payment.created", payment)
     if command.fund_at_once:
@@ -98,13 +91,13 @@ def open_payment(command: OpenOutgoingPayment, state: rules.OutgoingPayment | ru
     _pursue(payment, step)
     # The reservation is no longer tentative. Unanswered on purpose: if this is lost, the
     # grant asks later (CheckReservation) and learns the same.
-    step.tell(ConfirmSpend(grant_entity(payment.grant_id), payment.id), answer_me=False)
+    step.tell(ConfirmSpend(ids.GRANT_SPEND(payment.grant_id), payment.id), answer_me=False)
     step.reply = State(payment)
 
 
 def check(command: CheckReservation, state: rules.OutgoingPayment | rules.Abandoned | None, step: Step) -> None:
     """A grant asks whether its reservation for this id became a payment under it."""
-    payment_id = command.entity_id.split(":", 1)[1]
+    payment_id = ids.OUTGOING_PAYMENT.key(command.entity_id)
     if state is None:
         # Never opened: close the id for good, atomically with this answer, so the grant can
         # give the share back knowing that no create still in flight can open it.
@@ -182,3 +175,12 @@ HANDLERS = {
     ResumeOutgoingPayment: resume,
     CheckReservation: check,
 }
+
+KIND = EntityKind(
+    ids=ids.OUTGOING_PAYMENT,
+    # Abandoned: the tombstone an id keeps when its create never completed.
+    states=(rules.OutgoingPayment, rules.Abandoned),
+    handlers=HANDLERS,
+    timer=ResumeOutgoingPayment,
+    answered=answered,
+)

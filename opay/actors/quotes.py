@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from opay.actors.entity import Step
+from opay.actors import ids
+from opay.actors.entity import EntityKind, Step
 from opay.actors.messages import BindQuote, Failed, OpenQuote, State, UnbindQuote
 from opay.actors.replies import failed, not_found
 from opay.domain import quote as rules
@@ -41,3 +42,5 @@ def unbind(command: UnbindQuote, state: rules.Quote | None, step: Step) -> None:
 
 
 HANDLERS = {OpenQuote: open_quote, BindQuote: bind, UnbindQuote: unbind}
+
+KIND = EntityKind(ids=ids.QUOTE, states=(rules.Quote,), handlers=HANDLERS)

@@ -19,7 +19,8 @@ from typing import Protocol
 
 import msgspec
 
-from opay.actors.messages import UNAVAILABLE, Answered, Command, Failed, Reply, Tell, decode_result, encode, tag_of
+from opay.actors.messages import UNAVAILABLE, Answered, Command, Failed, Reply, Tell, encode, tag_of
+from opay.actors.registry import decode_result
 from opay.actors.routing import shard_of
 
 log = logging.getLogger("opay.router")
@@ -65,6 +66,10 @@ class ShardRouter:
         self._slots = [asyncio.Semaphore(in_flight) for _ in range(shards.count)]
         self._tasks: set[asyncio.Task] = set()
         self._pumps = [asyncio.create_task(self._pump(n)) for n in range(shards.count)]
+
+    @property
+    def deadline_seconds(self) -> float:
+        return self._deadline
 
     @property
     def shard_count(self) -> int:

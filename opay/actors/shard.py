@@ -6,37 +6,11 @@ import os
 
 
 from opay.clock import now_ms
-from opay.actors import grant_spends, incoming_payments, outgoing_payments, quotes
-from opay.actors.entity import EntityHost, Step
-from opay.actors.messages import Answered, decode_commands, encode
+from opay.actors import registry
+from opay.actors.entity import EntityHost
+from opay.actors.messages import encode
 from opay.persistence import clients
 from opay.persistence.snapshots import SnapshotStore
-
-# An answer goes to whichever kind of entity asked; every other command names its kind.
-ANSWERED_BY_KIND = {"op": outgoing_payments.answered, "grant": grant_spends.answered}
-
-
-def answered(command: Answered, state: object, step: Step) -> None:
-    ANSWERED_BY_KIND[command.entity_id.split(":", 1)[0]](command, state, step)
-
-
-def answered_keys(command: Answered) -> tuple[str, ...]:
-    return grant_spends.answer_keys(command) if command.entity_id.startswith("grant:") else ()
-
-
-# The journal keys each command will read, prefetched with its batch's loads (see
-# EntityHost). A key no entry names is read on demand, if its journal is too large to be
-# held whole.
-JOURNAL_KEYS = {**incoming_payments.JOURNAL_KEYS, **grant_spends.JOURNAL_KEYS, Answered: answered_keys}
-
-HANDLERS = {
-    **incoming_payments.HANDLERS,
-    **quotes.HANDLERS,
-    **grant_spends.HANDLERS,
-    **outgoing_payments.HANDLERS,
-    Answered: answered,
-}
-
 
 
 class Shard:
@@ -47,10 +21,18 @@ class Shard:
         self.index = index
         self._redis_url = redis_url
         client = clients.blocking(redis_url, redis_timeout_seconds)
-        self._host = EntityHost(SnapshotStore(client), HANDLERS, max_active, emit_events, shard=index, journal_keys=JOURNAL_KEYS)
+        self._host = EntityHost(
+            SnapshotStore(client),
+            registry.HANDLERS,
+            max_active,
+            emit_events,
+            shard=index,
+            journal_keys=registry.JOURNAL_KEYS,
+            codec=registry.codec,
+        )
 
     def handle(self, batch: bytes) -> bytes:
-        return encode(self._host.handle(decode_commands(batch), now_ms()))
+        return encode(self._host.handle(registry.decode_commands(batch), now_ms()))
 
     def stats(self) -> dict[str, int | str]:
         host = self._host

@@ -20,15 +20,16 @@ import logging
 import redis
 import redis.asyncio as aioredis
 
-from opay.actors.messages import ExpireIncomingPayment, Failed, ResumeGrantSpend, ResumeOutgoingPayment
+from opay.actors.ids import prefix_of
+from opay.actors.messages import Failed
+from opay.actors.registry import FIRE
 from opay.actors.router import ShardRouter
 from opay.clock import now_ms
 from opay.persistence import keys
 
 log = logging.getLogger("opay.timers")
 
-# By entity-id prefix. A grant is due while a reservation waits for its payment to confirm it.
-FIRE = {"ip": ExpireIncomingPayment, "op": ResumeOutgoingPayment, "grant": ResumeGrantSpend}
+# FIRE: by entity-id prefix, the command a kind's due time fires (each kind's `timer`).
 LEASE_BASE_MS = 2_000
 LEASE_MAX_MS = 60_000
 # Answers after which an entry is dropped: nothing there, or set aside for the operator.
@@ -65,7 +66,7 @@ class Timers:
         claimed = [m.decode() for m in await self._claim(keys=[due_key, tries_key], args=args)]
         if not claimed:
             return 0, 0
-        commands = {e: FIRE.get(e.split(":", 1)[0]) for e in claimed}
+        commands = {e: FIRE.get(prefix_of(e)) for e in claimed}
         unknown = [e for e, fire in commands.items() if fire is None]
         if unknown:
             log.error("timers: dropping due entries of no known kind: %s", unknown[:10])

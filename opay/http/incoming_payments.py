@@ -9,6 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from opay.clock import now_ms
+from opay.actors import ids
 from opay.actors.messages import CompleteIncomingPayment, OpenIncomingPayment, State
 from opay.domain import incoming_payment as rules
 from opay.domain.amounts import Asset, require_asset
@@ -24,8 +25,7 @@ KIND = "ip"
 PATH = "/incoming-payments"
 
 
-def entity_id(payment_uuid: str) -> str:
-    return f"{KIND}:{payment_uuid}"
+entity_id = ids.INCOMING_PAYMENT
 
 
 

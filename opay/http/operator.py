@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from opay.actors import ids
 from opay.actors.messages import CancelOutgoingPayment, CreditIncomingPayment, Credited, FundOutgoingPayment, State
 from opay.clock import now_ms
 from opay.domain.amounts import Asset, parse_uint64
@@ -223,7 +224,7 @@ def _outgoing_payment_id(request: Request) -> str:
     found = canonical_uuid(request.path_params["payment_id"])
     if found is None:
         raise ApiError(404, "not_found", "no such outgoing payment")
-    return f"op:{found}"
+    return ids.OUTGOING_PAYMENT(found)
 
 
 async def fund_outgoing_payment(request: Request) -> Response:

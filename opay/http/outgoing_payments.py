@@ -40,8 +40,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from opay.actors import ids
 from opay.actors.messages import BindQuote, Failed, OpenOutgoingPayment, ReadSpend, ReserveSpend, Spent, State, UnbindQuote
-from opay.actors.outgoing_payments import grant_entity
 from opay.auth.access import parse_limits
 from opay.clock import now_ms
 from opay.domain import outgoing_payment as rules
@@ -117,7 +117,7 @@ async def create(request: Request) -> Response:
     if by_quote:
         assert parsed.quoteId is not None
         quote_uuid = uuid_in_url(s, parsed.quoteId, "quotes")
-        found = None if quote_uuid is None else await s.queries.entity(f"quote:{quote_uuid}")
+        found = None if quote_uuid is None else await s.queries.entity(ids.QUOTE(quote_uuid))
         if not isinstance(found, Quote):
             raise ApiError(404, "unknown_quote", "no such quote")
         quote = found
@@ -151,7 +151,7 @@ async def create(request: Request) -> Response:
         )
     if by_quote or key is not None:
         # Maybe a retry after a lost reply: the payment its first attempt made answers it.
-        existing = await s.queries.entity(f"{KIND}:{payment_id}")
+        existing = await s.queries.entity(ids.OUTGOING_PAYMENT(payment_id))
         if isinstance(existing, (OutgoingPayment, Abandoned)):
             return await _created(s, rules.retried(existing, attempt, now), limits, caller.grant)
     # Whether a share of the grant is reserved for this attempt: without one, the payment
@@ -159,7 +159,7 @@ async def create(request: Request) -> Response:
     expired = quote is not None and now >= quote.expires_at_ms
     if quote is not None and not expired:
         try:
-            await s.ask(BindQuote(f"quote:{quote.id}", payment_id, parsed.walletAddress))
+            await s.ask(BindQuote(ids.QUOTE(quote.id), payment_id, parsed.walletAddress))
         except ApiError as error:
             if error.code != "quote_expired":
                 raise
@@ -177,7 +177,7 @@ async def create(request: Request) -> Response:
     if reserved:
         try:
             reply = await s.ask(
-                ReserveSpend(grant_entity(caller.grant), payment_id, limits, debit, sender.asset, receive, receive_asset, receiver_url)
+                ReserveSpend(ids.GRANT_SPEND(caller.grant), payment_id, limits, debit, sender.asset, receive, receive_asset, receiver_url)
             )
             assert isinstance(reply, Spent)
             spent = reply
@@ -185,7 +185,7 @@ async def create(request: Request) -> Response:
             if not isinstance(error, ApiError) or (error.status, error.code) != (409, "quote_used"):
                 if quote is not None:
                     # The quote may still serve under a grant that allows it.
-                    await s.router.ask(UnbindQuote(f"quote:{payment_id}", payment_id))
+                    await s.router.ask(UnbindQuote(ids.QUOTE(payment_id), payment_id))
                 raise
             # This id's share was given back (its payment failed, or its create was cut off
             # and given up): only the payment entity can say which. Ask it, reserving nothing.
@@ -209,7 +209,7 @@ async def create(request: Request) -> Response:
     )
     opened = await s.router.ask(
         OpenOutgoingPayment(
-            f"{KIND}:{payment_id}",
+            ids.OUTGOING_PAYMENT(payment_id),
             payment,
             limits,
             s.settings.auto_fund,
@@ -220,7 +220,7 @@ async def create(request: Request) -> Response:
     if isinstance(opened, Failed) and opened.kind == "unavailable":
         # The open's outcome is unknown (a deadline, a shard restarting): ask again before
         # answering 503, as it may have landed.
-        existing = await s.queries.entity(f"{KIND}:{payment_id}")
+        existing = await s.queries.entity(ids.OUTGOING_PAYMENT(payment_id))
         if isinstance(existing, OutgoingPayment):
             return await _created(s, rules.retried(existing, attempt, now), limits, caller.grant)
     if isinstance(opened, Failed):
@@ -237,7 +237,7 @@ async def _created(s, payment: OutgoingPayment, limits, grant_id: str) -> Respon
     view = wire.outgoing_payment(rules.as_created(payment), s.settings.resource_server_url)
     spent = (payment.grant_spent_debit, payment.grant_spent_receive)
     if spent[0] is None or spent[1] is None:  # a payment stored before these were kept
-        now_spent = await s.ask(ReadSpend(grant_entity(grant_id), limits))
+        now_spent = await s.ask(ReadSpend(ids.GRANT_SPEND(grant_id), limits))
         assert isinstance(now_spent, Spent)
         spent = (now_spent.debit, now_spent.receive)
     view["grantSpentDebitAmount"] = wire.amount(spent[0], payment.debit_asset)
@@ -250,7 +250,7 @@ async def get(request: Request) -> Response:
     caller = await authenticated(request, s, b"")
     caller.require("outgoing-payment", "read", None)
     payment_uuid = path_uuid(request, "outgoing payment")
-    payment = await s.queries.entity(f"{KIND}:{payment_uuid}")
+    payment = await s.queries.entity(ids.OUTGOING_PAYMENT(payment_uuid))
     if not isinstance(payment, OutgoingPayment) or not visible(
         caller, "outgoing-payment", "read", payment.wallet_address, payment.client
     ):
@@ -267,7 +267,7 @@ async def grant_spent(request: Request) -> Response:
     caller = await authenticated(request, s, b"")
     principal = caller.require("outgoing-payment", "create", None)
     limits = parse_limits(principal.permit.item.limits)
-    spent = await s.ask(ReadSpend(grant_entity(caller.grant), limits))
+    spent = await s.ask(ReadSpend(ids.GRANT_SPEND(caller.grant), limits))
     assert isinstance(spent, Spent)
     return json(
         200,

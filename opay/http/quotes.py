@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from opay.actors import ids
 from opay.actors.messages import OpenQuote, State
 from opay.clock import now_ms
 from opay.domain import incoming_payment as incoming
@@ -97,7 +98,7 @@ async def create(request: Request) -> Response:
         expires_at_ms=min(now + s.settings.quote_validity_seconds * 1000, receiver.expires_at_ms),
         created_at_ms=now,
     )
-    reply = await s.ask(OpenQuote(f"quote:{quote.id}", quote))
+    reply = await s.ask(OpenQuote(ids.QUOTE(quote.id), quote))
     assert isinstance(reply, State)
     return json(201, wire.quote(quote, s.settings.resource_server_url))
 
@@ -107,7 +108,7 @@ async def get(request: Request) -> Response:
     caller = await authenticated(request, s, b"")
     caller.require("quote", "read", None)
     quote_uuid = path_uuid(request, "quote")
-    quote = await s.queries.entity(f"quote:{quote_uuid}")
+    quote = await s.queries.entity(ids.QUOTE(quote_uuid))
     if not isinstance(quote, Quote) or not visible(caller, "quote", "read", quote.wallet_address, quote.client):
         raise ApiError(404, "not_found", "no such quote")
     return json(200, wire.quote(quote, s.settings.resource_server_url))

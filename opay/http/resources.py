@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import Response
 
+from opay.actors import ids
 from opay.domain.incoming_payment import IncomingPayment
 from opay.http import urls, wire
 from opay.http.errors import ApiError
@@ -81,7 +82,7 @@ async def local_incoming_payment(s: Services, url: str) -> IncomingPayment:
     if not url.startswith(s.settings.resource_server_url + "/"):
         raise ApiError(400, "unsupported_receiver", "paying incoming payments on other servers is not supported yet")
     payment_uuid = uuid_in_url(s, url, "incoming-payments")
-    payment = None if payment_uuid is None else await s.queries.entity(f"ip:{payment_uuid}")
+    payment = None if payment_uuid is None else await s.queries.entity(ids.INCOMING_PAYMENT(payment_uuid))
     if not isinstance(payment, IncomingPayment):
         raise ApiError(400, "invalid_receiver", "no such incoming payment")
     return payment

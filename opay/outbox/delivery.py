@@ -27,8 +27,8 @@ import httpx
 import redis
 import redis.asyncio as aioredis
 
+from opay.actors.registry import EntityEvent
 from opay.clock import now_ms
-from opay.outbox.events import Event
 from opay.outbox.render import render
 from opay.outbox.signing import SIGNATURE_HEADER, sign
 from opay.outbox.store import Claimed, Outbox
@@ -94,7 +94,7 @@ class Deliverer:
     async def deliver(self, claimed: Claimed) -> None:
         settings = self._settings
         try:
-            event = codec.decode(claimed.body, Event)
+            event = codec.decode(claimed.body, EntityEvent)
             body = render(event, settings.resource_server_url)
         except Exception as error:  # a poison event is buried at once, never retried
             await self._settle(claimed, f"undeliverable event: {error}", final=True)

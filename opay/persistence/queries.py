@@ -9,7 +9,8 @@ from __future__ import annotations
 import msgspec
 import redis.asyncio as aioredis
 
-from opay.persistence import codec, keys
+from opay.persistence import keys
+from opay.persistence.codec import SnapshotCodec
 
 # KEYS[1] the index. ARGV: cursor ('' for none), direction ('first' | 'last'), count.
 # Returns {start rank, total, snapshot...}; start -1 when the cursor is not in the index.
@@ -38,7 +39,7 @@ assert keys.entity("x") == "opay:e:x", "the page script hard-codes the entity ke
 
 
 class Page(msgspec.Struct, frozen=True):
-    items: list[codec.EntityState]
+    items: list  # entity states
     has_previous: bool
     has_next: bool
 
@@ -54,21 +55,22 @@ class Unreadable(Exception):
         super().__init__(f"{what}: {type(error).__name__}: {error}")
 
 
-def _decode(raw: bytes, what: str) -> codec.EntityState:
-    try:
-        return codec.decode_state(raw)
-    except Exception as error:  # any decoder fault, not only msgspec's
-        raise Unreadable(what, error) from None
-
-
 class Queries:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, codec: SnapshotCodec) -> None:
+        """`codec`: the entity registry's (opay.actors.registry.codec)."""
         self._client = client
+        self._codec = codec
         self._page = client.register_script(_PAGE)
 
-    async def entity(self, entity_id: str) -> codec.EntityState | None:
+    def _decode(self, raw: bytes, what: str) -> object:
+        try:
+            return self._codec.decode_state(raw)
+        except Exception as error:  # any decoder fault, not only msgspec's
+            raise Unreadable(what, error) from None
+
+    async def entity(self, entity_id: str) -> object | None:
         raw = await self._client.hget(keys.entity(entity_id), "s")
-        return None if raw is None else _decode(raw, entity_id)
+        return None if raw is None else self._decode(raw, entity_id)
 
     async def page(self, index_key: str, cursor: str | None, direction: str, count: int) -> Page:
         assert direction in ("first", "last") and 1 <= count <= 100
@@ -76,6 +78,6 @@ class Queries:
         start, total = int(answer[0]), int(answer[1])
         if start < 0:
             raise CursorNotFound(cursor)
-        items = [_decode(raw, f"an item of {index_key}") for raw in answer[2:] if raw]
+        items = [self._decode(raw, f"an item of {index_key}") for raw in answer[2:] if raw]
         stop = start + len(answer) - 2
         return Page(items=items, has_previous=start > 0, has_next=stop < total)
