@@ -92,7 +92,7 @@ def opening(grant_id: str, payment_id: str, receiver: str, limits: Limits, debit
         wallet_address=WALLET,
         client="http://127.0.0.1/app",
         grant_id=grant_id,
-        quote_id=payment_id,
+        by_quote=True,
         receiver=receiver,
         debit_asset=USD,
         receive_asset=USD,
@@ -101,7 +101,7 @@ def opening(grant_id: str, payment_id: str, receiver: str, limits: Limits, debit
         fee=0,
         created_at_ms=now_ms(),
     )
-    return OpenOutgoingPayment(f"op:{payment_id}", payment, limits, fund)
+    return OpenOutgoingPayment(f"op:{payment_id}", payment, fund)
 
 
 def test_a_grant_with_2000_settled_payments_holds_little_and_still_refuses_past_its_limit(embedded: EmbeddedRedis) -> None:

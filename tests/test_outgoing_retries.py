@@ -405,7 +405,7 @@ def test_the_payment_entity_answers_a_retry_with_the_payment_and_refuses_the_res
     assert isinstance(cluster.ask(BindQuote(f"quote:{quote_id}", quote_id, wallet))[0], State)
     assert reserve(cluster, f"grant:{grant_id}", quote_id) is not None
     base = open_command(grant_id, quote_id)
-    payment = msgspec.structs.replace(base.payment, quote_id=quote_id, grant_spent_debit=100, grant_spent_receive=100)
+    payment = msgspec.structs.replace(base.payment, by_quote=True, grant_spent_debit=100, grant_spent_receive=100)
     command = msgspec.structs.replace(base, payment=payment, quote_expires_at_ms=expires)
     opened, _ = cluster.ask(command)
     assert isinstance(opened, State)
@@ -436,7 +436,7 @@ def test_the_payment_entity_answers_a_retry_with_the_payment_and_refuses_the_res
     assert isinstance(rebound, Failed) and rebound.code == "quote_expired", rebound
     late_id = str(uuid.uuid4())
     late = open_command(grant_id, late_id)
-    late = msgspec.structs.replace(late, payment=msgspec.structs.replace(late.payment, quote_id=late_id), quote_expires_at_ms=expires)
+    late = msgspec.structs.replace(late, payment=msgspec.structs.replace(late.payment, by_quote=True), quote_expires_at_ms=expires)
     refused, _ = cluster.ask(late)
     assert isinstance(refused, Failed) and refused.code == "quote_expired", refused
     assert cluster.op_state(late_id) is None

@@ -128,7 +128,7 @@ def open_command(grant_id: str, payment_id: str, debit: int = 100) -> OpenOutgoi
         wallet_address="http://127.0.0.1/alice",
         client="http://127.0.0.1/app",
         grant_id=grant_id,
-        quote_id=None,
+        by_quote=False,
         receiver=RECEIVER,
         debit_asset=USD,
         receive_asset=USD,
@@ -137,7 +137,7 @@ def open_command(grant_id: str, payment_id: str, debit: int = 100) -> OpenOutgoi
         fee=0,
         created_at_ms=now_ms(),
     )
-    return OpenOutgoingPayment(f"op:{payment_id}", payment, LIMITS, False)
+    return OpenOutgoingPayment(f"op:{payment_id}", payment, False)
 
 
 def test_a_reservation_without_a_payment_is_given_back_and_its_id_closed(cluster: Cluster) -> None:

@@ -385,7 +385,7 @@ def test_outgoing_payment_events_render_the_resource_view() -> None:
         wallet_address="https://ase.example/alice",
         client=None,
         grant_id="g",
-        quote_id="4c0d3e1a-0000-4000-8000-000000000002",
+        by_quote=True,
         receiver="https://other.example/incoming-payments/1",
         debit_asset=asset,
         receive_asset=asset,

@@ -17,6 +17,7 @@ from opay.actors.messages import (
     OpenIncomingPayment,
     State,
 )
+from opay.actors.replies import failed
 from opay.domain import incoming_payment as rules
 from opay.domain.errors import DomainError
 from opay.domain import packet_dedupe
@@ -24,10 +25,6 @@ from opay.persistence import codec, keys
 from opay.persistence.snapshots import SideEffect
 
 NOT_FOUND = Failed("not_found", "not_found", "no such incoming payment")
-
-
-def _failed(error: DomainError) -> Failed:
-    return Failed(error.kind, error.code, error.description, error.details)
 
 
 def open_payment(command: OpenIncomingPayment, state: rules.IncomingPayment | None, step: Step) -> None:
@@ -138,7 +135,7 @@ def _apply(command: CreditIncomingPayment, state: rules.IncomingPayment, step: S
     try:
         after, outcome = rules.credit(state, command.amount, step.now_ms)
     except DomainError as error:
-        step.reply = _failed(error)
+        step.reply = failed(error)
         return None
     step.state = after
     if after.completed and not state.completed:
@@ -155,7 +152,7 @@ def complete(command: CompleteIncomingPayment, state: rules.IncomingPayment | No
     try:
         after = rules.complete(state, step.now_ms)
     except DomainError as error:
-        step.reply = _failed(error)
+        step.reply = failed(error)
         return
     if after is not state:
         step.state = after

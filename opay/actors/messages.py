@@ -123,7 +123,6 @@ class OpenOutgoingPayment(Command, tag="op.open"):
     """Open the payment, or answer the one this same request opened before (a retry)."""
 
     payment: OutgoingPayment
-    limits: Limits
     fund_at_once: bool
     # A payment from a quote opens only before the quote's expiresAt (by this entity's clock).
     quote_expires_at_ms: int | None = None

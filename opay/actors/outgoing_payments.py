@@ -181,6 +181,8 @@ KIND = EntityKind(
     # Abandoned: the tombstone an id keeps when its create never completed.
     states=(rules.OutgoingPayment, rules.Abandoned),
     handlers=HANDLERS,
+    schema=2,
+    upgrades={1: rules.upgrade_from_schema_1},
     timer=ResumeOutgoingPayment,
     answered=answered,
 )

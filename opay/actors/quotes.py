@@ -43,4 +43,4 @@ def unbind(command: UnbindQuote, state: rules.Quote | None, step: Step) -> None:
 
 HANDLERS = {OpenQuote: open_quote, BindQuote: bind, UnbindQuote: unbind}
 
-KIND = EntityKind(ids=ids.QUOTE, states=(rules.Quote,), handlers=HANDLERS)
+KIND = EntityKind(ids=ids.QUOTE, states=(rules.Quote,), handlers=HANDLERS, schema=2, upgrades={1: rules.upgrade_from_schema_1})

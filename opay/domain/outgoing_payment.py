@@ -27,7 +27,8 @@ class OutgoingPayment(msgspec.Struct, frozen=True, kw_only=True, tag="op"):
     wallet_address: str
     client: str | None
     grant_id: str
-    quote_id: str | None
+    # Made from a quote: then the payment has the quote's id (see `quote_id`).
+    by_quote: bool
     receiver: str
     debit_asset: Asset
     receive_asset: Asset
@@ -49,12 +50,26 @@ class OutgoingPayment(msgspec.Struct, frozen=True, kw_only=True, tag="op"):
     grant_spent_receive: int | None = None
 
     @property
+    def quote_id(self) -> str | None:
+        """The quote it was made from (whose id it took), if any."""
+        return self.id if self.by_quote else None
+
+    @property
     def failed(self) -> bool:
         return self.phase == "failed"
 
     @property
     def settled(self) -> bool:
         return self.phase in ("completed", "failed")
+
+
+def upgrade_from_schema_1(fields: dict) -> dict:
+    """A snapshot's fields when payments kept `quote_id` (their own id or None)."""
+    if fields.get("type") != "op":
+        return fields  # a tombstone: unchanged
+    fields = dict(fields)
+    fields["by_quote"] = fields.pop("quote_id", None) is not None
+    return fields
 
 
 class Abandoned(msgspec.Struct, frozen=True, kw_only=True, tag="gone"):

@@ -23,7 +23,16 @@ class Quote(msgspec.Struct, frozen=True, kw_only=True, tag="quote"):
     fee: int
     expires_at_ms: int
     created_at_ms: int
-    used_by: str | None = None
+    # Backing its payment: a payment made from a quote takes the quote's id, so the quote
+    # names no other (schema 1 kept that id, always its own, as `used_by`).
+    used: bool = False
+
+
+def upgrade_from_schema_1(fields: dict) -> dict:
+    """A snapshot's fields when quotes kept `used_by` (their own id or None)."""
+    fields = dict(fields)
+    fields["used"] = fields.pop("used_by", None) is not None
+    return fields
 
 
 class Price(msgspec.Struct, frozen=True):
@@ -87,17 +96,17 @@ def _within_uint64(priced: Price) -> Price:
 
 
 def use(quote: Quote, payment_id: str, now_ms: int) -> Quote:
-    """Bind the quote to one outgoing payment, before its expiresAt. Binding it again to the
-    same one is a no-op, but only before expiresAt too: every attempt is checked against
-    now, so a retry after it opens nothing (it may still find the payment an earlier
-    attempt opened in time: the payment entity answers that)."""
-    if quote.used_by is not None and quote.used_by != payment_id:
-        raise Conflict("quote_used", "the quote already backs an outgoing payment")
+    """Bind the quote to its outgoing payment (the one of its own id), before its expiresAt.
+    Binding it again is a no-op, but only before expiresAt too: every attempt is checked
+    against now, so a retry after it opens nothing (it may still find the payment an
+    earlier attempt opened in time: the payment entity answers that)."""
+    if payment_id != quote.id:
+        raise Conflict("quote_used", "a quote backs only the outgoing payment of its own id")
     if now_ms >= quote.expires_at_ms:
         raise Conflict("quote_expired", "the quote has expired")
-    return quote if quote.used_by == payment_id else msgspec.structs.replace(quote, used_by=payment_id)
+    return quote if quote.used else msgspec.structs.replace(quote, used=True)
 
 
 def unuse(quote: Quote, payment_id: str) -> Quote:
     """Release the binding when the payment could not be created (e.g. over its grant's limits)."""
-    return msgspec.structs.replace(quote, used_by=None) if quote.used_by == payment_id else quote
+    return msgspec.structs.replace(quote, used=False) if quote.used and payment_id == quote.id else quote

@@ -195,7 +195,7 @@ async def create(request: Request) -> Response:
         wallet_address=parsed.walletAddress,
         client=client,
         grant_id=caller.grant,
-        quote_id=payment_id if by_quote else None,
+        by_quote=by_quote,
         receiver=receiver_url,
         debit_asset=sender.asset,
         receive_asset=receive_asset,
@@ -211,7 +211,6 @@ async def create(request: Request) -> Response:
         OpenOutgoingPayment(
             ids.OUTGOING_PAYMENT(payment_id),
             payment,
-            limits,
             s.settings.auto_fund,
             quote_expires_at_ms=None if quote is None else quote.expires_at_ms,
             reserved=reserved,
