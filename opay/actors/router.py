@@ -68,10 +68,6 @@ class ShardRouter:
         self._pumps = [asyncio.create_task(self._pump(n)) for n in range(shards.count)]
 
     @property
-    def deadline_seconds(self) -> float:
-        return self._deadline
-
-    @property
     def shard_count(self) -> int:
         return self._shards.count
 
