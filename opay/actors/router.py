@@ -19,7 +19,7 @@ from typing import Protocol
 
 import msgspec
 
-from opay.actors.messages import UNAVAILABLE, Answered, Command, Failed, Reply, Tell, encode, tag_of
+from opay.actors.messages import CONFLICT_RETRY, UNAVAILABLE, Answered, Command, Failed, Reply, Tell, encode, tag_of
 from opay.actors.registry import decode_result
 from opay.actors.routing import shard_of
 
@@ -27,6 +27,8 @@ log = logging.getLogger("opay.router")
 
 DEADLINE = Failed("unavailable", "shard_timeout", "the resource did not answer in time; retry shortly (with the same idempotency key)")
 BACK_PRESSURE = Failed("unavailable", "overloaded", "too many requests are waiting for this resource; retry shortly")
+# Replies after which a command may or may not have been applied (never sent is known).
+UNKNOWN_OUTCOME = frozenset({DEADLINE.code, UNAVAILABLE.code, CONFLICT_RETRY.code})
 
 
 class Shards(Protocol):
@@ -68,6 +70,10 @@ class ShardRouter:
         self._pumps = [asyncio.create_task(self._pump(n)) for n in range(shards.count)]
 
     @property
+    def deadline_seconds(self) -> float:
+        return self._deadline
+
+    @property
     def shard_count(self) -> int:
         return self._shards.count
 
@@ -93,6 +99,23 @@ class ShardRouter:
             return await asyncio.wait_for(reply, deadline)
         except asyncio.TimeoutError:
             return DEADLINE
+
+    async def ask_until_known(self, command: Command, deadline_seconds: float | None = None) -> Reply:
+        """For idempotent commands (keyed, so they land at most once): an unknown outcome
+        is not an answer, so the command is asked again, once, before the caller hears it.
+        A write that landed behind a slow shard is then reported as landed. Both asks fit
+        in `deadline_seconds` (default: the router's deadline, so an HTTP caller never
+        waits longer than for one ask); the first leaves at least half of it, and neither
+        waits longer than the router's deadline (an ILP Prepare may give more time)."""
+        total = self._deadline if deadline_seconds is None else max(0.0, deadline_seconds)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        reply = await self.ask(command, min(self._deadline, total / 2))
+        left = total - (loop.time() - started)
+        if isinstance(reply, Failed) and reply.code in UNKNOWN_OUTCOME and left > 0:
+            log.info("outcome of %s for %s unknown (%s); asking again", tag_of(command), command.entity_id, reply.code)
+            reply = await self.ask(command, min(self._deadline, left))
+        return reply
 
     async def close(self) -> None:
         for task in [*self._pumps, *self._tasks]:

@@ -53,7 +53,7 @@ def make_receiver(s: Services) -> StreamReceiver:
     async def credit(payment_uuid: str, amount: int, condition: bytes, expires_at_ms: int, timeout: float) -> Reply:
         # The same command, entity and rules as an operator credit: one code path.
         command = CreditIncomingPayment(entity_id(payment_uuid), amount, "ilp", condition=condition, expires_at_ms=expires_at_ms)
-        return await s.router.ask(command, deadline_seconds=timeout)
+        return await s.router.ask_until_known(command, deadline_seconds=timeout)
 
     async def lookup(payment_uuid: str) -> IncomingPayment | None:
         found = await s.queries.entity(entity_id(payment_uuid))

@@ -82,10 +82,8 @@ class Services:
     async def ask(self, command: Command, *, idempotent: bool = False) -> Reply:
         """A command's reply; a refusal becomes the matching API error. An idempotent
         command (keyed: it lands at most once) whose outcome is unknown is asked once more
-        before the caller hears 503, so a write that landed is reported as landed."""
-        reply = await self.router.ask(command)
-        if idempotent and isinstance(reply, Failed) and reply.kind == "unavailable" and reply.code != "overloaded":
-            reply = await self.router.ask(command)
+        (ShardRouter.ask_until_known) before the caller hears 503."""
+        reply = await (self.router.ask_until_known(command) if idempotent else self.router.ask(command))
         if isinstance(reply, Failed):
             raise ApiError.of(reply.kind, reply.code, reply.description, reply.details)
         return reply

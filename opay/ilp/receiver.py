@@ -221,21 +221,15 @@ class StreamReceiver:
         return self._stream_fulfill(prepare, request, secret, fulfillment, self._frames(facts, streams, reply.received_now, None))
 
     async def _credit_once_known(self, payment_uuid: str, prepare: Prepare) -> Reply:
-        """The credit's answer. An unknown outcome (a shard that did not answer in time,
-        storage trouble) is not an answer: the same command is sent again, once, within
-        the Prepare's remaining time (it is idempotent by condition, so a credit that did
-        land is found and fulfilled). Still unknown: the caller answers T00."""
+        """The credit's answer within the Prepare's remaining time. The credit is
+        idempotent by condition, so `credit` asks again once when the outcome is unknown
+        (ShardRouter.ask_until_known: a credit that did land is found and fulfilled).
+        Still unknown: the caller answers T00."""
         expires_at_ms = to_ms(prepare.expires_at)
-        reply: Reply = UNKNOWN
-        for share in (0.5, 1.0):  # the first try leaves the second half of the time
-            left = (expires_at_ms - to_ms(datetime.now(timezone.utc))) / 1000
-            if left <= 0:
-                break
-            reply = await self._credit(payment_uuid, prepare.amount, prepare.execution_condition, expires_at_ms, left * share)
-            if not (isinstance(reply, Failed) and reply.kind == "unavailable" and reply.code != TOO_MANY_PACKETS):
-                return reply
-            log.info("ILP credit for %s: outcome unknown (%s), asking again", payment_uuid, reply.code)
-        return reply
+        left = (expires_at_ms - to_ms(datetime.now(timezone.utc))) / 1000
+        if left <= 0:
+            return UNKNOWN
+        return await self._credit(payment_uuid, prepare.amount, prepare.execution_condition, expires_at_ms, left)
 
     def _remember(self, payment_uuid: str, payment: IncomingPayment) -> _Facts:
         facts = _Facts(payment.asset, payment.incoming_amount)
