@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
@@ -130,7 +131,14 @@ async def deny(request: Request) -> Response:
     return await _decide(request, approve=False)
 
 
-async def operator_decision(s: Services, grant_id: str, approve: bool) -> dict:
+class GrantDecision(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
+    id: str
+    state: str
+    interact_ref: str | None = None
+    finish_redirect: str | None = None
+
+
+async def operator_decision(s: Services, grant_id: str, approve: bool) -> GrantDecision:
     """The operator API's approve / deny: the JSON view, 404 for no interactive grant,
     409 when the other decision was made first. The same decision again is a no-op."""
     decided: Decided | None = await s.grants.decide(grant_id, approve, now_ms())
@@ -139,14 +147,13 @@ async def operator_decision(s: Services, grant_id: str, approve: bool) -> dict:
     grant = decided.grant
     if (grant.state == "denied") == approve:
         raise ApiError(409, "grant_decided", f"the grant was already {page.STATE_TEXT.get(grant.state, grant.state)}", {"state": grant.state})
-    view: dict = {"id": grant.id, "state": grant.state}
-    if grant.interaction.interact_ref is not None:
-        view["interactRef"] = grant.interaction.interact_ref
-    redirect = finish_redirect(grant, s.settings.auth_server_url)
-    if redirect is not None:
-        # Where the ASE's own consent UI sends the user back to the client.
-        view["finishRedirect"] = redirect
-    return view
+    # finishRedirect: where the ASE's own consent UI sends the user back to the client.
+    return GrantDecision(
+        id=grant.id,
+        state=grant.state,
+        interact_ref=grant.interaction.interact_ref,
+        finish_redirect=finish_redirect(grant, s.settings.auth_server_url),
+    )
 
 
 ROUTES = [

@@ -29,19 +29,16 @@ entity_id = ids.INCOMING_PAYMENT
 
 
 
-def with_methods(s: Services, payment: IncomingPayment) -> dict:
-    view = wire.incoming_payment(payment, s.settings.resource_server_url)
+def with_methods(s: Services, payment: IncomingPayment) -> wire.IncomingPaymentView:
     link = Asset(s.settings.ilp_asset_code, s.settings.ilp_asset_scale)
     if payment.completed or rules.is_expired(payment, now_ms()) or payment.asset != link:
         # Nothing can be paid into it any more, or not over our ILP link: it credits one
         # to one in the link's asset, so another asset has no usable credentials.
-        view["methods"] = []
+        methods = []
     else:
         credentials = s.mint.issue(payment.id)
-        view["methods"] = [
-            {"type": "ilp", "ilpAddress": credentials.ilp_address, "sharedSecret": credentials.shared_secret_b64url}
-        ]
-    return view
+        methods = [wire.IlpMethod(ilp_address=credentials.ilp_address, shared_secret=credentials.shared_secret_b64url)]
+    return wire.incoming_payment(payment, s.settings.resource_server_url, methods)
 
 
 async def create(request: Request) -> Response:
@@ -84,7 +81,7 @@ async def get(request: Request) -> Response:
         payment = await s.queries.entity(entity_id(path_uuid(request, "incoming payment")))
         if payment is None:
             raise ApiError(404, "not_found", "no such incoming payment")
-        return json(200, {"receivedAmount": wire.amount(payment.received, payment.asset), "authServer": s.settings.auth_server_url})
+        return json(200, wire.public_incoming_payment(payment, s.settings.public_url))
     caller = await authenticated(request, s, b"")
     caller.require("incoming-payment", "read", None)
     payment = await s.queries.entity(entity_id(path_uuid(request, "incoming payment")))

@@ -25,7 +25,6 @@ from opay.http.errors import ApiError
 from opay.http.incoming_payments import entity_id
 from opay.http.resources import canonical_uuid, json, uuid_in_url
 from opay.http.services import Services, read_body, services
-from opay.http.wallet_addresses import document
 from opay.persistence.wallet_addresses import Jwk, WalletAddress
 
 # Lowercase segments; the first may not shadow a route of the public server.
@@ -88,6 +87,38 @@ class IntrospectBody(msgspec.Struct, frozen=True):
     access: list | None = None
 
 
+# The operator API's answers (besides the resources' own views, wire.py).
+
+
+class WalletAddressList(msgspec.Struct, frozen=True):
+    result: list[wire.WalletAddressView]
+
+
+class CreditView(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    incoming_payment: str
+    amount: wire.Amount
+    received_amount: wire.Amount
+    completed: bool
+
+
+class RatesView(msgspec.Struct, frozen=True):
+    base: str
+    rates: dict[str, str]
+
+
+class FeesView(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    asset_code: str
+    fixed: str
+    basis_points: int
+
+
+class Health(msgspec.Struct, frozen=True):
+    status: str
+
+
+HEALTHY = Health("ok")
+
+
 def _operator(request: Request) -> Services:
     s = services(request)
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -110,17 +141,14 @@ async def create_wallet_address(request: Request) -> Response:
     return json(201, _operator_view(s, wallet))
 
 
-def _operator_view(s: Services, wallet: WalletAddress) -> dict:
+def _operator_view(s: Services, wallet: WalletAddress) -> wire.WalletAddressView:
     """The public document, and the owner, which only the operator sees."""
-    view = document(s, wallet)
-    if wallet.owner is not None:
-        view["owner"] = wallet.owner
-    return view
+    return wire.wallet_address(wallet, s.settings.public_url, with_owner=True)
 
 
 async def list_wallet_addresses(request: Request) -> Response:
     s = _operator(request)
-    return json(200, {"result": [_operator_view(s, wallet) for wallet in await s.wallets.list(LIST_MAX)]})
+    return json(200, WalletAddressList([_operator_view(s, wallet) for wallet in await s.wallets.list(LIST_MAX)]))
 
 
 async def patch_wallet_address(request: Request) -> Response:
@@ -158,7 +186,7 @@ async def add_key(request: Request) -> Response:
     if not await s.wallets.add_key(path, jwk):
         raise ApiError(409, "exists", f"key {body.kid} exists for this wallet address")
     s.client_keys.forget(s.wallet_url(path))
-    return json(201, msgspec.to_builtins(jwk))
+    return json(201, jwk)
 
 
 async def revoke_key(request: Request) -> Response:
@@ -180,14 +208,14 @@ async def credit(request: Request) -> Response:
     reply = await s.ask(CreditIncomingPayment(entity_id(payment_uuid), amount, "operator", body.idempotencyKey), idempotent=True)
     assert isinstance(reply, Credited)
     outcome = reply.outcome
-    view = {
-        "incomingPayment": body.incomingPayment,
-        "amount": wire.amount(outcome.amount, reply.asset),
-        "receivedAmount": wire.amount(outcome.received, reply.asset),
-        "completed": outcome.completed,
-    }
+    view = CreditView(
+        incoming_payment=body.incomingPayment,
+        amount=wire.amount(outcome.amount, reply.asset),
+        received_amount=wire.amount(outcome.received, reply.asset),
+        completed=outcome.completed,
+    )
     if not outcome.accepted:
-        raise ApiError(409, outcome.refused_code, f"the credit was refused: {outcome.refused_code}", view)
+        raise ApiError(409, outcome.refused_code, f"the credit was refused: {outcome.refused_code}", msgspec.to_builtins(view))
     return json(200, view)
 
 
@@ -207,7 +235,7 @@ async def put_rates(request: Request) -> Response:
     if len(rates) != len(table):
         raise ApiError(400, "invalid_asset", "rate keys must be asset codes")
     await s.pricing.set_rates(base, rates, table)
-    return json(200, {"base": base, "rates": table})
+    return json(200, RatesView(base, table))
 
 
 async def put_fees(request: Request) -> Response:
@@ -217,7 +245,7 @@ async def put_fees(request: Request) -> Response:
     body = wire.decode_body(await read_body(request, s.settings.body_max_bytes), FeesBody)
     schedule = FeeSchedule(fixed=parse_uint64(body.fixed, "fixed"), basis_points=body.basisPoints)
     await s.pricing.set_fees(code, schedule)
-    return json(200, {"assetCode": code, "fixed": str(schedule.fixed), "basisPoints": schedule.basis_points})
+    return json(200, FeesView(asset_code=code, fixed=str(schedule.fixed), basis_points=schedule.basis_points))
 
 
 def _outgoing_payment_id(request: Request) -> str:
@@ -247,8 +275,7 @@ async def cancel_outgoing_payment(request: Request) -> Response:
 async def introspect(request: Request) -> Response:
     s = _operator(request)
     body = wire.decode_body(await read_body(request, s.settings.body_max_bytes), IntrospectBody)
-    answer = await s.grants.introspect(body.access_token, now_ms())
-    return Response(msgspec.json.encode(answer), media_type="application/json")
+    return json(200, await s.grants.introspect(body.access_token, now_ms()))
 
 
 async def approve_grant(request: Request) -> Response:
@@ -264,7 +291,7 @@ async def deny_grant(request: Request) -> Response:
 
 async def health(request: Request) -> Response:
     _operator(request)
-    return json(200, {"status": "ok"})
+    return json(200, HEALTHY)
 
 
 ROUTES = [

@@ -36,6 +36,7 @@ from __future__ import annotations
 import re
 import uuid
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -239,9 +240,14 @@ async def _created(s, payment: OutgoingPayment, limits, grant_id: str) -> Respon
         now_spent = await s.ask(ReadSpend(ids.GRANT_SPEND(grant_id), limits))
         assert isinstance(now_spent, Spent)
         spent = (now_spent.debit, now_spent.receive)
-    view["grantSpentDebitAmount"] = wire.amount(spent[0], payment.debit_asset)
-    view["grantSpentReceiveAmount"] = wire.amount(spent[1], payment.receive_asset)
-    return json(201, view)
+    return json(
+        201,
+        msgspec.structs.replace(
+            view,
+            grant_spent_debit_amount=wire.amount(spent[0], payment.debit_asset),
+            grant_spent_receive_amount=wire.amount(spent[1], payment.receive_asset),
+        ),
+    )
 
 
 async def get(request: Request) -> Response:
@@ -270,10 +276,10 @@ async def grant_spent(request: Request) -> Response:
     assert isinstance(spent, Spent)
     return json(
         200,
-        {
-            "spentReceiveAmount": None if limits.receive_asset is None else wire.amount(spent.receive, limits.receive_asset),
-            "spentDebitAmount": None if limits.debit_asset is None else wire.amount(spent.debit, limits.debit_asset),
-        },
+        wire.GrantSpentView(
+            spent_receive_amount=None if limits.receive_asset is None else wire.amount(spent.receive, limits.receive_asset),
+            spent_debit_amount=None if limits.debit_asset is None else wire.amount(spent.debit, limits.debit_asset),
+        ),
     )
 
 

@@ -37,8 +37,8 @@ async def price_quote(
     *,
     sender: WalletAddress,
     receiver_url: str,
-    debit: wire.AmountBody | None,
-    receive: wire.AmountBody | None,
+    debit: wire.Amount | None,
+    receive: wire.Amount | None,
 ) -> tuple[incoming.IncomingPayment, rules.Price]:
     """The price of paying `receiver_url` from `sender`: shared by quotes and quote-less payments."""
     receiver = await local_incoming_payment(s, receiver_url)

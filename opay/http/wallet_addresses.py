@@ -9,26 +9,45 @@ from __future__ import annotations
 
 from urllib.parse import quote, urlsplit
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 
 from opay.http import wire
 from opay.http.errors import ApiError
-from opay.http.resources import AnyText  # noqa: F401  (registers the {name:any} convertor)
+from opay.http.resources import AnyText, json  # noqa: F401  (AnyText registers the {name:any} convertor)
 from opay.http.services import Services, services
-from opay.persistence.wallet_addresses import WalletAddress
+from opay.persistence.wallet_addresses import Jwk, WalletAddress
 
 
-def document(s: Services, wallet: WalletAddress) -> dict:
-    view: dict = {"id": s.wallet_url(wallet.path)}
-    if wallet.public_name is not None:
-        view["publicName"] = wallet.public_name
-    view["assetCode"] = wallet.asset.code
-    view["assetScale"] = wallet.asset.scale
-    view["authServer"] = s.settings.auth_server_url
-    view["resourceServer"] = s.settings.resource_server_url
-    return view
+class Jwks(msgspec.Struct, frozen=True):
+    keys: list[Jwk]
+
+
+class PublicKeyJwk(msgspec.Struct, frozen=True):
+    kid: str
+    kty: str
+    crv: str
+    x: str
+
+
+class VerificationMethod(msgspec.Struct, frozen=True, rename="camel"):
+    id: str
+    type: str
+    controller: str
+    public_key_jwk: PublicKeyJwk
+
+
+DID_CONTEXT = ("https://www.w3.org/ns/did/v1", "https://w3id.org/security/suites/jws-2020/v1")
+
+
+class DidDocument(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    context: list[str] = msgspec.field(default_factory=lambda: list(DID_CONTEXT), name="@context")
+    id: str
+    verification_method: list[VerificationMethod]
+    authentication: list[str]
+    assertion_method: list[str]
 
 
 async def _known(request: Request) -> tuple[Services, WalletAddress]:
@@ -41,12 +60,12 @@ async def _known(request: Request) -> tuple[Services, WalletAddress]:
 
 async def get_wallet_address(request: Request) -> Response:
     s, wallet = await _known(request)
-    return Response(wire.encode(document(s, wallet)), media_type="application/json")
+    return json(200, wire.wallet_address(wallet, s.settings.public_url))
 
 
 async def get_jwks(request: Request) -> Response:
     s, wallet = await _known(request)
-    return Response(wire.encode({"keys": await s.wallets.keys_of(wallet.path)}), media_type="application/json")
+    return json(200, Jwks(await s.wallets.keys_of(wallet.path)))
 
 
 def did_web(wallet_url: str) -> str:
@@ -62,23 +81,16 @@ async def get_did_document(request: Request) -> Response:
     s, wallet = await _known(request)
     did = did_web(s.wallet_url(wallet.path))
     methods = [
-        {
-            "id": f"{did}#{quote(key.kid, safe='')}",
-            "type": "JsonWebKey2020",
-            "controller": did,
-            "publicKeyJwk": {"kid": key.kid, "kty": key.kty, "crv": key.crv, "x": key.x},
-        }
+        VerificationMethod(
+            id=f"{did}#{quote(key.kid, safe='')}",
+            type="JsonWebKey2020",
+            controller=did,
+            public_key_jwk=PublicKeyJwk(kid=key.kid, kty=key.kty, crv=key.crv, x=key.x),
+        )
         for key in await s.wallets.keys_of(wallet.path)
     ]
-    ids = [method["id"] for method in methods]
-    document_ = {
-        "@context": ["https://www.w3.org/ns/did/v1", "https://w3id.org/security/suites/jws-2020/v1"],
-        "id": did,
-        "verificationMethod": methods,
-        "authentication": ids,
-        "assertionMethod": ids,
-    }
-    return Response(wire.encode(document_), media_type="application/json")
+    ids = [method.id for method in methods]
+    return json(200, DidDocument(id=did, verification_method=methods, authentication=ids, assertion_method=ids))
 
 
 async def unmatched(request: Request) -> Response:

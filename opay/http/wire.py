@@ -14,6 +14,7 @@ from opay.domain.quote import Quote
 from opay.domain.times import format_ms
 from opay.http import urls
 from opay.http.errors import ApiError
+from opay.persistence.wallet_addresses import WalletAddress
 
 T = TypeVar("T")
 
@@ -25,18 +26,20 @@ DateTimeText = Annotated[str, msgspec.Meta(max_length=64)]
 METADATA_MAX_DEPTH = 16
 
 
-class AmountBody(msgspec.Struct, frozen=True):
+class Amount(msgspec.Struct, frozen=True, rename="camel"):
+    """An amount on the wire, both ways: bounded when decoded, `amount()` when encoded."""
+
     value: str
-    assetCode: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
-    assetScale: Annotated[int, msgspec.Meta(ge=0, le=255)]
+    asset_code: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+    asset_scale: Annotated[int, msgspec.Meta(ge=0, le=255)]
 
     def parse(self, field: str) -> tuple[int, Asset]:
-        return parse_uint64(self.value, f"{field}.value"), Asset(self.assetCode, self.assetScale)
+        return parse_uint64(self.value, f"{field}.value"), Asset(self.asset_code, self.asset_scale)
 
 
 class CreateIncomingPaymentBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     walletAddress: Url
-    incomingAmount: AmountBody | None = None
+    incomingAmount: Amount | None = None
     expiresAt: DateTimeText | None = None
     # The JSON text as sent (empty when absent); only metadata_json() makes it usable.
     metadata: msgspec.Raw = msgspec.Raw()
@@ -46,8 +49,8 @@ class CreateQuoteBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     walletAddress: Url
     receiver: Url
     method: Annotated[str, msgspec.Meta(max_length=16)]
-    debitAmount: AmountBody | None = None
-    receiveAmount: AmountBody | None = None
+    debitAmount: Amount | None = None
+    receiveAmount: Amount | None = None
 
 
 class CreateOutgoingPaymentBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -56,7 +59,7 @@ class CreateOutgoingPaymentBody(msgspec.Struct, frozen=True, forbid_unknown_fiel
     walletAddress: Url
     quoteId: Url | None = None
     incomingPayment: Url | None = None
-    debitAmount: AmountBody | None = None
+    debitAmount: Amount | None = None
     metadata: msgspec.Raw = msgspec.Raw()
 
 
@@ -138,50 +141,141 @@ def encode(value: object) -> bytes:
     return _encoder.encode(value)
 
 
-def amount(value: int, asset: Asset) -> dict:
-    return {"value": str(value), "assetCode": asset.code, "assetScale": asset.scale}
+def amount(value: int, asset: Asset) -> Amount:
+    return Amount(str(value), asset.code, asset.scale)
 
 
-def incoming_payment(payment: IncomingPayment, resource_server: str) -> dict:
-    view: dict = {
-        "id": urls.incoming_payment(resource_server, payment.id),
-        "walletAddress": payment.wallet_address,
-        "completed": payment.completed,
-    }
-    if payment.incoming_amount is not None:
-        view["incomingAmount"] = amount(payment.incoming_amount, payment.asset)
-    view["receivedAmount"] = amount(payment.received, payment.asset)
-    view["expiresAt"] = format_ms(payment.expires_at_ms)
-    if payment.metadata is not None:
-        view["metadata"] = msgspec.Raw(payment.metadata)  # the validated JSON text, as sent
-    view["createdAt"] = format_ms(payment.created_at_ms)
-    return view
+# The resources' views, in the spec's field order. An optional field the body omits
+# defaults to None (omit_defaults); `metadata` is the validated JSON text, as sent.
 
 
-def quote(value: Quote, resource_server: str) -> dict:
-    return {
-        "id": urls.quote(resource_server, value.id),
-        "walletAddress": value.wallet_address,
-        "receiver": value.receiver,
-        "receiveAmount": amount(value.receive, value.receive_asset),
-        "debitAmount": amount(value.debit, value.debit_asset),
-        "method": "ilp",
-        "expiresAt": format_ms(value.expires_at_ms),
-        "createdAt": format_ms(value.created_at_ms),
-    }
+class IlpMethod(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    type: str = "ilp"
+    ilp_address: str
+    shared_secret: str
 
 
-def outgoing_payment(payment: OutgoingPayment, resource_server: str) -> dict:
+class IncomingPaymentView(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
+    id: str
+    wallet_address: str
+    completed: bool
+    incoming_amount: Amount | None = None
+    received_amount: Amount
+    expires_at: str
+    metadata: msgspec.Raw | None = None
+    created_at: str
+    methods: list[IlpMethod] | None = None  # the resource server's own views (create, get) only
+
+
+class PublicIncomingPaymentView(msgspec.Struct, frozen=True, rename="camel"):
+    received_amount: Amount
+    auth_server: str
+
+
+class QuoteView(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    id: str
+    wallet_address: str
+    receiver: str
+    receive_amount: Amount
+    debit_amount: Amount
+    method: str
+    expires_at: str
+    created_at: str
+
+
+class OutgoingPaymentView(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
+    id: str
+    wallet_address: str
+    quote_id: str | None = None
+    failed: bool
+    receiver: str
+    receive_amount: Amount
+    debit_amount: Amount
+    sent_amount: Amount
+    metadata: msgspec.Raw | None = None
+    created_at: str
+    # Only the create answer has these (get and list allow no other fields than the above).
+    grant_spent_debit_amount: Amount | None = None
+    grant_spent_receive_amount: Amount | None = None
+
+
+class GrantSpentView(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """What the grant has spent, in the assets its limits name; null where it names none."""
+
+    spent_receive_amount: Amount | None
+    spent_debit_amount: Amount | None
+
+
+class WalletAddressView(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
+    id: str
+    public_name: str | None = None
+    asset_code: str
+    asset_scale: int
+    auth_server: str
+    resource_server: str
+    owner: str | None = None  # only the operator API's view has it
+
+
+def _metadata(text: bytes | None) -> msgspec.Raw | None:
+    return None if text is None else msgspec.Raw(text)
+
+
+def incoming_payment(payment: IncomingPayment, public_url: str, methods: list[IlpMethod] | None = None) -> IncomingPaymentView:
+    return IncomingPaymentView(
+        id=urls.incoming_payment(public_url, payment.id),
+        wallet_address=payment.wallet_address,
+        completed=payment.completed,
+        incoming_amount=None if payment.incoming_amount is None else amount(payment.incoming_amount, payment.asset),
+        received_amount=amount(payment.received, payment.asset),
+        expires_at=format_ms(payment.expires_at_ms),
+        metadata=_metadata(payment.metadata),
+        created_at=format_ms(payment.created_at_ms),
+        methods=methods,
+    )
+
+
+def public_incoming_payment(payment: IncomingPayment, public_url: str) -> PublicIncomingPaymentView:
+    """Enough for a payer to find the authorization server."""
+    return PublicIncomingPaymentView(amount(payment.received, payment.asset), urls.auth_server(public_url))
+
+
+def quote(value: Quote, public_url: str) -> QuoteView:
+    return QuoteView(
+        id=urls.quote(public_url, value.id),
+        wallet_address=value.wallet_address,
+        receiver=value.receiver,
+        receive_amount=amount(value.receive, value.receive_asset),
+        debit_amount=amount(value.debit, value.debit_asset),
+        method="ilp",
+        expires_at=format_ms(value.expires_at_ms),
+        created_at=format_ms(value.created_at_ms),
+    )
+
+
+def wallet_address(wallet: WalletAddress, public_url: str, *, with_owner: bool = False) -> WalletAddressView:
+    """The wallet address document; `with_owner`: the operator's view, which adds the owner."""
+    return WalletAddressView(
+        id=urls.wallet_address(public_url, wallet.path),
+        public_name=wallet.public_name,
+        asset_code=wallet.asset.code,
+        asset_scale=wallet.asset.scale,
+        auth_server=urls.auth_server(public_url),
+        resource_server=urls.resource_server(public_url),
+        owner=wallet.owner if with_owner else None,
+    )
+
+
+def outgoing_payment(payment: OutgoingPayment, public_url: str) -> OutgoingPaymentView:
     """Exactly the spec's fields: get and list allow no others."""
-    view: dict = {"id": urls.outgoing_payment(resource_server, payment.id), "walletAddress": payment.wallet_address}
-    if payment.quote_id is not None:
-        view["quoteId"] = urls.quote(resource_server, payment.quote_id)
-    view["failed"] = payment.failed
-    view["receiver"] = payment.receiver
-    view["receiveAmount"] = amount(payment.receive, payment.receive_asset)
-    view["debitAmount"] = amount(payment.debit, payment.debit_asset)
-    view["sentAmount"] = amount(payment.sent, payment.debit_asset)
-    if payment.metadata is not None:
-        view["metadata"] = msgspec.Raw(payment.metadata)  # the validated JSON text, as sent
-    view["createdAt"] = format_ms(payment.created_at_ms)
-    return view
+    return OutgoingPaymentView(
+        id=urls.outgoing_payment(public_url, payment.id),
+        wallet_address=payment.wallet_address,
+        quote_id=None if payment.quote_id is None else urls.quote(public_url, payment.quote_id),
+        failed=payment.failed,
+        receiver=payment.receiver,
+        receive_amount=amount(payment.receive, payment.receive_asset),
+        debit_amount=amount(payment.debit, payment.debit_asset),
+        sent_amount=amount(payment.sent, payment.debit_asset),
+        metadata=_metadata(payment.metadata),
+        created_at=format_ms(payment.created_at_ms),
+    )

@@ -11,11 +11,21 @@ from opay.http import wire
 from opay.outbox.events import Event
 
 
+class EventBody(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    id: str
+    type: str
+    created_at: str
+    data: wire.IncomingPaymentView | wire.OutgoingPaymentView
+
+
+_encoder = msgspec.json.Encoder()
+
+
 def render(event: Event, resource_server_url: str) -> bytes:
     if isinstance(event.state, IncomingPayment):
-        data = wire.incoming_payment(event.state, resource_server_url)
+        data: wire.IncomingPaymentView | wire.OutgoingPaymentView = wire.incoming_payment(event.state, resource_server_url)
     elif isinstance(event.state, OutgoingPayment):
         data = wire.outgoing_payment(event.state, resource_server_url)
     else:
         raise ValueError(f"no webhook view for {type(event.state).__name__}")
-    return msgspec.json.encode({"id": event.id, "type": event.type, "createdAt": format_ms(event.created_at_ms), "data": data})
+    return _encoder.encode(EventBody(id=event.id, type=event.type, created_at=format_ms(event.created_at_ms), data=data))
