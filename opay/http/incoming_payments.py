@@ -69,8 +69,7 @@ async def create(request: Request) -> Response:
             s.settings.incoming_payment_default_expiry_seconds * 1000, s.settings.incoming_payment_max_expiry_seconds * 1000
         ),
     )
-    reply = await s.ask(OpenIncomingPayment(entity_id(payment.id), payment))
-    assert isinstance(reply, State)
+    reply = await s.ask(OpenIncomingPayment(entity_id(payment.id), payment), expect=State)
     return json(201, with_methods(s, reply.state))
 
 
@@ -97,9 +96,9 @@ async def complete(request: Request) -> Response:
     principal = caller.require("incoming-payment", "complete", None)
     payment_uuid = path_uuid(request, "incoming payment")
     reply = await s.ask(
-        CompleteIncomingPayment(entity_id(payment_uuid), wallet_address=principal.permit.item.identifier, client=principal.scope_client)
+        CompleteIncomingPayment(entity_id(payment_uuid), wallet_address=principal.permit.item.identifier, client=principal.scope_client),
+        expect=State,
     )
-    assert isinstance(reply, State)
     return json(200, wire.incoming_payment(reply.state, s.settings.resource_server_url))
 
 

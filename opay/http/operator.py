@@ -20,11 +20,12 @@ from opay.actors.messages import CancelOutgoingPayment, CreditIncomingPayment, C
 from opay.clock import now_ms
 from opay.domain.amounts import Asset, parse_uint64
 from opay.domain.exchange import BASIS_POINTS, FeeSchedule, parse_rate
+from opay.domain.outgoing_payment import OutgoingPayment
 from opay.http import consent, wire
 from opay.http.errors import ApiError
 from opay.http.incoming_payments import entity_id
 from opay.http.resources import canonical_uuid, json, uuid_in_url
-from opay.http.services import Services, read_body, services
+from opay.http.services import Services, expected, read_body, services
 from opay.persistence.wallet_addresses import Jwk, WalletAddress
 
 # Lowercase segments; the first may not shadow a route of the public server.
@@ -205,8 +206,9 @@ async def credit(request: Request) -> Response:
     if payment_uuid is None:
         raise ApiError(400, "invalid_incoming_payment", "incomingPayment must be the URL of an incoming payment of this server")
     amount = parse_uint64(body.amount, "amount")
-    reply = await s.ask(CreditIncomingPayment(entity_id(payment_uuid), amount, "operator", body.idempotencyKey), idempotent=True)
-    assert isinstance(reply, Credited)
+    reply = await s.ask(
+        CreditIncomingPayment(entity_id(payment_uuid), amount, "operator", body.idempotencyKey), expect=Credited, idempotent=True
+    )
     outcome = reply.outcome
     view = CreditView(
         incoming_payment=body.incomingPayment,
@@ -258,18 +260,20 @@ def _outgoing_payment_id(request: Request) -> str:
 async def fund_outgoing_payment(request: Request) -> Response:
     """The ASE has debited the sender: settlement may start."""
     s = _operator(request)
-    reply = await s.ask(FundOutgoingPayment(_outgoing_payment_id(request)))
-    assert isinstance(reply, State)
-    return json(200, wire.outgoing_payment(reply.state, s.settings.resource_server_url))  # type: ignore[arg-type]
+    return await _outgoing_payment_after(s, FundOutgoingPayment(_outgoing_payment_id(request)))
 
 
 async def cancel_outgoing_payment(request: Request) -> Response:
     """The ASE will not fund it: it fails with the reason and gives its grant share back."""
     s = _operator(request)
     body = wire.decode_body(await read_body(request, s.settings.body_max_bytes), CancelBody, allow_empty=True)
-    reply = await s.ask(CancelOutgoingPayment(_outgoing_payment_id(request), body.reason))
-    assert isinstance(reply, State)
-    return json(200, wire.outgoing_payment(reply.state, s.settings.resource_server_url))  # type: ignore[arg-type]
+    return await _outgoing_payment_after(s, CancelOutgoingPayment(_outgoing_payment_id(request), body.reason))
+
+
+async def _outgoing_payment_after(s: Services, command: FundOutgoingPayment | CancelOutgoingPayment) -> Response:
+    """The payment's view once its entity has taken the operator's command."""
+    reply = await s.ask(command, expect=State)
+    return json(200, wire.outgoing_payment(expected(command, reply.state, OutgoingPayment), s.settings.resource_server_url))
 
 
 async def introspect(request: Request) -> Response:

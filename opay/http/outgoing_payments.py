@@ -54,7 +54,7 @@ from opay.http.errors import ApiError
 from opay.http.pagination import list_resources
 from opay.http.quotes import price_quote, sender_wallet
 from opay.http.resources import authenticated, json, path_uuid, uuid_in_url, visible
-from opay.http.services import read_body, services
+from opay.http.services import expected, read_body, services
 
 KIND = "op"
 PATH = "/outgoing-payments"
@@ -160,7 +160,7 @@ async def create(request: Request) -> Response:
     expired = quote is not None and now >= quote.expires_at_ms
     if quote is not None and not expired:
         try:
-            await s.ask(BindQuote(ids.QUOTE(quote.id), payment_id, parsed.walletAddress))
+            await s.ask(BindQuote(ids.QUOTE(quote.id), payment_id, parsed.walletAddress), expect=State)
         except ApiError as error:
             if error.code != "quote_expired":
                 raise
@@ -177,11 +177,10 @@ async def create(request: Request) -> Response:
     reserved = not expired
     if reserved:
         try:
-            reply = await s.ask(
-                ReserveSpend(ids.GRANT_SPEND(caller.grant), payment_id, limits, debit, sender.asset, receive, receive_asset, receiver_url)
+            spent = await s.ask(
+                ReserveSpend(ids.GRANT_SPEND(caller.grant), payment_id, limits, debit, sender.asset, receive, receive_asset, receiver_url),
+                expect=Spent,
             )
-            assert isinstance(reply, Spent)
-            spent = reply
         except (ApiError, DomainError) as error:
             if not isinstance(error, ApiError) or (error.status, error.code) != (409, "quote_used"):
                 if quote is not None:
@@ -208,15 +207,14 @@ async def create(request: Request) -> Response:
         grant_spent_debit=None if spent is None else spent.debit,
         grant_spent_receive=None if spent is None else spent.receive,
     )
-    opened = await s.router.ask(
-        OpenOutgoingPayment(
-            ids.OUTGOING_PAYMENT(payment_id),
-            payment,
-            s.settings.auto_fund,
-            quote_expires_at_ms=None if quote is None else quote.expires_at_ms,
-            reserved=reserved,
-        )
+    open_payment = OpenOutgoingPayment(
+        ids.OUTGOING_PAYMENT(payment_id),
+        payment,
+        s.settings.auto_fund,
+        quote_expires_at_ms=None if quote is None else quote.expires_at_ms,
+        reserved=reserved,
     )
+    opened = await s.router.ask(open_payment)
     if isinstance(opened, Failed) and opened.kind == "unavailable":
         # The open's outcome is unknown (a deadline, a shard restarting): ask again before
         # answering 503, as it may have landed.
@@ -227,8 +225,8 @@ async def create(request: Request) -> Response:
         if opened.kind == "not_found":  # nothing reserved, and no earlier attempt opened it
             raise ApiError.from_domain(rules.expired() if expired else rules.abandoned(by_quote))
         raise ApiError.of(opened.kind, opened.code, opened.description, opened.details)
-    assert isinstance(opened, State) and isinstance(opened.state, OutgoingPayment)
-    return await _created(s, opened.state, limits, caller.grant)
+    created = expected(open_payment, opened, State).state
+    return await _created(s, expected(open_payment, created, OutgoingPayment), limits, caller.grant)
 
 
 async def _created(s, payment: OutgoingPayment, limits, grant_id: str) -> Response:
@@ -237,8 +235,7 @@ async def _created(s, payment: OutgoingPayment, limits, grant_id: str) -> Respon
     view = wire.outgoing_payment(rules.as_created(payment), s.settings.resource_server_url)
     spent = (payment.grant_spent_debit, payment.grant_spent_receive)
     if spent[0] is None or spent[1] is None:  # a payment stored before these were kept
-        now_spent = await s.ask(ReadSpend(ids.GRANT_SPEND(grant_id), limits))
-        assert isinstance(now_spent, Spent)
+        now_spent = await s.ask(ReadSpend(ids.GRANT_SPEND(grant_id), limits), expect=Spent)
         spent = (now_spent.debit, now_spent.receive)
     return json(
         201,
@@ -272,8 +269,7 @@ async def grant_spent(request: Request) -> Response:
     caller = await authenticated(request, s, b"")
     principal = caller.require("outgoing-payment", "create", None)
     limits = parse_limits(principal.permit.item.limits)
-    spent = await s.ask(ReadSpend(ids.GRANT_SPEND(caller.grant), limits))
-    assert isinstance(spent, Spent)
+    spent = await s.ask(ReadSpend(ids.GRANT_SPEND(caller.grant), limits), expect=Spent)
     return json(
         200,
         wire.GrantSpentView(

@@ -98,8 +98,7 @@ async def create(request: Request) -> Response:
         expires_at_ms=min(now + s.settings.quote_validity_seconds * 1000, receiver.expires_at_ms),
         created_at_ms=now,
     )
-    reply = await s.ask(OpenQuote(ids.QUOTE(quote.id), quote))
-    assert isinstance(reply, State)
+    await s.ask(OpenQuote(ids.QUOTE(quote.id), quote), expect=State)
     return json(201, wire.quote(quote, s.settings.resource_server_url))
 
 

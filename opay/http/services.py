@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
+from typing import TypeVar
 
 import redis
 from starlette.requests import Request
 
-from opay.actors.messages import Command, Failed, Reply
+from opay.actors.messages import Command, Failed
 from opay.actors.router import ShardRouter
 from opay.auth.client_keys import ClientKeys
 from opay.auth.grants import GrantStore
@@ -15,11 +16,13 @@ from opay.auth.introspection import Introspector
 from opay.http import urls
 from opay.http.errors import ApiError
 from opay.ilp.credentials import CredentialMint
+from opay.ilp.peers import PeerStore
 from opay.persistence.queries import Queries
 from opay.persistence.wallet_addresses import WalletAddress, WalletAddressStore
 from opay.pricing import Pricing
 from opay.settings import Settings
 
+R = TypeVar("R")
 
 WALLET_CACHE_SECONDS = 5.0
 
@@ -37,6 +40,7 @@ class Services:
         client_keys: ClientKeys,
         mint: CredentialMint,
         pricing: Pricing,
+        peers: PeerStore,
     ) -> None:
         self.settings = settings
         self.router = router
@@ -47,6 +51,7 @@ class Services:
         self.client_keys = client_keys
         self.mint = mint
         self.pricing = pricing
+        self.peers = peers  # ILP peers (opay/ilp/peers.py)
         # path -> (wallet, monotonic time read). A wallet's asset never changes; its public
         # name and owner may (PATCH on the operator API, possibly served by another
         # process), so a hit is kept briefly and decisions on the owner read Redis instead.
@@ -79,14 +84,27 @@ class Services:
         path = self.wallet_path(url)
         return None if path is None else await self.wallet(path)
 
-    async def ask(self, command: Command, *, idempotent: bool = False) -> Reply:
-        """A command's reply; a refusal becomes the matching API error. An idempotent
-        command (keyed: it lands at most once) whose outcome is unknown is asked once more
-        (ShardRouter.ask_until_known) before the caller hears 503."""
+    async def ask(self, command: Command, *, expect: type[R], idempotent: bool = False) -> R:
+        """A command's reply, of the type `expect`; a refusal becomes the matching API
+        error. An idempotent command (keyed: it lands at most once) whose outcome is
+        unknown is asked once more (ShardRouter.ask_until_known) before the caller hears 503."""
         reply = await (self.router.ask_until_known(command) if idempotent else self.router.ask(command))
         if isinstance(reply, Failed):
             raise ApiError.of(reply.kind, reply.code, reply.description, reply.details)
-        return reply
+        return expected(command, reply, expect)
+
+
+def expected(command: Command, reply: object, expect: type[R]) -> R:
+    """`reply` if it is an `expect`; any other answer is a server fault, said as one (500),
+    never passed on as if it were the one expected. An explicit check, not an assert:
+    it must hold under `python -O` too."""
+    if not isinstance(reply, expect):
+        raise ApiError(
+            500,
+            "unexpected_reply",
+            f"{type(command).__name__} was answered by {type(reply).__name__}, not {expect.__name__}; nothing was acknowledged",
+        )
+    return reply
 
 
 def services(request: Request) -> Services:
