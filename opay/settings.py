@@ -88,10 +88,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     list_page_default: int = 20
 
     @property
-    def resource_server_url(self) -> str:
-        return self.public_url
-
-    @property
     def auth_server_url(self) -> str:
         return f"{self.public_url}/auth"
 

@@ -38,7 +38,7 @@ def with_methods(s: Services, payment: IncomingPayment) -> wire.IncomingPaymentV
     else:
         credentials = s.mint.issue(payment.id)
         methods = [wire.IlpMethod(ilp_address=credentials.ilp_address, shared_secret=credentials.shared_secret_b64url)]
-    return wire.incoming_payment(payment, s.settings.resource_server_url, methods)
+    return wire.incoming_payment(payment, s.settings.public_url, methods)
 
 
 async def create(request: Request) -> Response:
@@ -99,7 +99,7 @@ async def complete(request: Request) -> Response:
         CompleteIncomingPayment(entity_id(payment_uuid), wallet_address=principal.permit.item.identifier, client=principal.scope_client),
         expect=State,
     )
-    return json(200, wire.incoming_payment(reply.state, s.settings.resource_server_url))
+    return json(200, wire.incoming_payment(reply.state, s.settings.public_url))
 
 
 async def list_payments(request: Request) -> Response:

@@ -273,7 +273,7 @@ async def cancel_outgoing_payment(request: Request) -> Response:
 async def _outgoing_payment_after(s: Services, command: FundOutgoingPayment | CancelOutgoingPayment) -> Response:
     """The payment's view once its entity has taken the operator's command."""
     reply = await s.ask(command, expect=State)
-    return json(200, wire.outgoing_payment(expected(command, reply.state, OutgoingPayment), s.settings.resource_server_url))
+    return json(200, wire.outgoing_payment(expected(command, reply.state, OutgoingPayment), s.settings.public_url))
 
 
 async def introspect(request: Request) -> Response:

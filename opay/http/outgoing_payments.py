@@ -232,7 +232,7 @@ async def create(request: Request) -> Response:
 async def _created(s, payment: OutgoingPayment, limits, grant_id: str) -> Response:
     """The 201 of a create, the same for the first attempt and every retry: the payment as
     created, with the grant's spending as it was then."""
-    view = wire.outgoing_payment(rules.as_created(payment), s.settings.resource_server_url)
+    view = wire.outgoing_payment(rules.as_created(payment), s.settings.public_url)
     spent = (payment.grant_spent_debit, payment.grant_spent_receive)
     if spent[0] is None or spent[1] is None:  # a payment stored before these were kept
         now_spent = await s.ask(ReadSpend(ids.GRANT_SPEND(grant_id), limits), expect=Spent)
@@ -257,7 +257,7 @@ async def get(request: Request) -> Response:
         caller, "outgoing-payment", "read", payment.wallet_address, payment.client
     ):
         raise ApiError(404, "not_found", "no such outgoing payment")
-    return json(200, wire.outgoing_payment(payment, s.settings.resource_server_url))
+    return json(200, wire.outgoing_payment(payment, s.settings.public_url))
 
 
 async def list_payments(request: Request) -> Response:

@@ -84,4 +84,4 @@ async def list_resources(request: Request, resource_type: str, kind: str, view: 
     query = parse_page_query(request, s.settings.list_page_default)
     principal = caller.require(resource_type, "list", query.wallet_address)
     index = keys.index(kind, query.wallet_address, principal.scope_client)
-    return await page_response(s.queries, index, query, kind, lambda item: view(item, s.settings.resource_server_url))
+    return await page_response(s.queries, index, query, kind, lambda item: view(item, s.settings.public_url))

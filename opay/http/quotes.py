@@ -99,7 +99,7 @@ async def create(request: Request) -> Response:
         created_at_ms=now,
     )
     await s.ask(OpenQuote(ids.QUOTE(quote.id), quote), expect=State)
-    return json(201, wire.quote(quote, s.settings.resource_server_url))
+    return json(201, wire.quote(quote, s.settings.public_url))
 
 
 async def get(request: Request) -> Response:
@@ -110,7 +110,7 @@ async def get(request: Request) -> Response:
     quote = await s.queries.entity(ids.QUOTE(quote_uuid))
     if not isinstance(quote, Quote) or not visible(caller, "quote", "read", quote.wallet_address, quote.client):
         raise ApiError(404, "not_found", "no such quote")
-    return json(200, wire.quote(quote, s.settings.resource_server_url))
+    return json(200, wire.quote(quote, s.settings.public_url))
 
 
 ROUTES = [Route(PATH, create, methods=["POST"]), Route(PATH + "/{resource_id:any}", get, methods=["GET"])]

@@ -79,7 +79,7 @@ async def local_incoming_payment(s: Services, url: str) -> IncomingPayment:
     """A receiver on this server. Others are refused clearly until remote settlement exists."""
     if not url.startswith(("http://", "https://")) or "/incoming-payments/" not in url:
         raise ApiError(400, "invalid_receiver", "the receiver must be an incoming payment URL")
-    if not url.startswith(s.settings.resource_server_url + "/"):
+    if not url.startswith(urls.resource_server(s.settings.public_url) + "/"):
         raise ApiError(400, "unsupported_receiver", "paying incoming payments on other servers is not supported yet")
     payment_uuid = uuid_in_url(s, url, "incoming-payments")
     payment = None if payment_uuid is None else await s.queries.entity(ids.INCOMING_PAYMENT(payment_uuid))

@@ -95,7 +95,7 @@ class Deliverer:
         settings = self._settings
         try:
             event = codec.decode(claimed.body, EntityEvent)
-            body = render(event, settings.resource_server_url)
+            body = render(event, settings.public_url)
         except Exception as error:  # a poison event is buried at once, never retried
             await self._settle(claimed, f"undeliverable event: {error}", final=True)
             return
