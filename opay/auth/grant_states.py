@@ -9,7 +9,6 @@ and the finish redirect the user is sent back to the client with.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import secrets
 from typing import Literal
@@ -17,6 +16,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import msgspec
 
+from opay import base64url
 from opay.auth.access import AccessItem
 from opay.persistence.wallet_addresses import Jwk
 
@@ -140,7 +140,7 @@ def interaction_hash(client_nonce: str, finish_nonce: str, interact_ref: str, gr
     """GNAP (RFC 9635 §4.2.3): SHA-256 over the four values joined by LF, encoded as
     base64url without padding. (Rafiki sends standard base64 with padding instead.)"""
     data = "\n".join((client_nonce, finish_nonce, interact_ref, grant_endpoint)).encode()
-    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return base64url.encode(hashlib.sha256(data).digest())
 
 
 def with_query(uri: str, params: dict[str, str]) -> str:

@@ -5,7 +5,6 @@ Served on its own port and guarded by `Authorization: Bearer <OPAY_OPERATOR_TOKE
 
 from __future__ import annotations
 
-import base64
 import re
 import secrets
 from typing import Annotated
@@ -15,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from opay import base64url
 from opay.actors import ids
 from opay.actors.messages import CancelOutgoingPayment, CreditIncomingPayment, Credited, FundOutgoingPayment, State
 from opay.clock import now_ms
@@ -176,7 +176,7 @@ async def add_key(request: Request) -> Response:
     if (body.kty, body.crv, body.alg) != ("OKP", "Ed25519", "EdDSA") or body.use not in (None, "sig"):
         raise ApiError(400, "invalid_key", "the key must be an Ed25519 public JWK (kty OKP, crv Ed25519, alg EdDSA)")
     try:
-        raw = base64.urlsafe_b64decode(body.x + "=" * (-len(body.x) % 4))
+        raw = base64url.decode(body.x)
     except ValueError:
         raw = b""
     if len(raw) != 32 or "=" in body.x:
