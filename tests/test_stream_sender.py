@@ -481,3 +481,21 @@ def test_receiver_close_and_rate_below_minimum() -> None:
     closing = StreamPacket(request.sequence, 14, prepares[0].amount, (ConnectionClose(1, "bye"),))
     state = machine.on_reply(state, prepares[0], Reject("F99", "t", b"", encrypt_stream_packet(secret, closing)), 0)
     assert state.outcome.reason == machine.CLOSED_BY_RECEIVER
+
+
+def test_packets_lost_in_a_crash_are_dropped_after_their_expiry_never_counted() -> None:
+    secret = os.urandom(32)
+    sim = _Simulated(secret, Fraction(1), 10**15, None, False, 0)
+    state = machine.fixed_delivery("test.x.y", secret, 100, ONE)
+    state, probes = machine.next_prepares(state, 0)
+    for prepare in probes:
+        state = machine.on_reply(state, prepare, sim.answer(prepare), 0)
+    state, money = machine.next_prepares(state, 0)
+    assert [p.amount for p in money] == [100]
+    restored = msgspec.json.decode(msgspec.json.encode(state), type=SenderState)  # the process died here
+    assert machine.abandon_expired(restored, 29_999) == restored  # still valid: wait for it
+    state = machine.abandon_expired(restored, 30_000)
+    assert not state.in_flight and state.delivered == 0 and state.outcome is None
+    state = machine.set_cap(state, 100)  # the receiver holds nothing of it: the whole 100 is still open
+    state, again = machine.next_prepares(state, 30_000)
+    assert [p.amount for p in again] == [100]

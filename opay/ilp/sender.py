@@ -616,3 +616,18 @@ def describe(state: SenderState) -> dict:
         "rate": None if state.rate_low is None else [f"{state.rate_low.num}/{state.rate_low.den}", f"{state.rate_high.num}/{state.rate_high.den}"],
         "outcome": None if state.outcome is None else msgspec.to_builtins(state.outcome),
     }
+
+
+def abandon_expired(state: SenderState, now_ms: int) -> SenderState:
+    """After a restart: packets recorded in flight whose reply was lost with the process.
+    Once past its expiry no Fulfill for a packet is valid any more, so it is dropped,
+    never counted. The receiver may still have credited it before the crash: the caller
+    reads what the receiver holds (Open Payments receivedAmount) and calls set_cap
+    before sending on."""
+    expired = tuple(p for p in state.in_flight if p.expires_at_ms <= now_ms)
+    if not expired:
+        return state
+    state = replace(state, in_flight=tuple(p for p in state.in_flight if p.expires_at_ms > now_ms))
+    if any(p.kind == "probe" for p in expired) and not state.probe_done:
+        state = replace(state, probe_queue=tuple(p.amount for p in expired if p.kind == "probe") + state.probe_queue)
+    return _settle(replace(state, last_error=f"{len(expired)} packets lost in flight (expired unanswered)"))
