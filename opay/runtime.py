@@ -22,6 +22,7 @@ from opay.auth.introspection import Introspector
 from opay.http.app import operator_app, public_app
 from opay.http.services import Services
 from opay.ilp.credentials import SECRET_BYTES, CredentialMint
+from opay.ilp.peers import PeerStore
 from opay.net.fetch import Fetcher, FetchPolicy
 from opay.outbox import delivery as webhooks
 from opay.persistence import clients, keys
@@ -95,6 +96,7 @@ async def serve(settings: Settings, redis_url: str, shards: Shards, *, show_toke
         client_keys=ClientKeys(public_url=settings.public_url, wallets=wallets, fetcher=fetcher, cache_seconds=settings.jwks_cache_seconds),
         mint=CredentialMint(await stream_secret(client, settings), settings.ilp_address),
         pricing=Pricing(client, http, rates_url=settings.rates_url, cache_seconds=settings.rates_cache_seconds),
+        peers=(peers := PeerStore(client)),
     )
     servers = [
         _Server(uvicorn.Config(app, host=host, port=port, lifespan="off", access_log=False, log_level="warning", http="httptools"))
@@ -111,6 +113,7 @@ async def serve(settings: Settings, redis_url: str, shards: Shards, *, show_toke
         asyncio.create_task(supervise("timers", lambda: due.run(settings.timer_interval_seconds))),
         asyncio.create_task(supervise("revocation listener", lambda: _forget_revoked(client, introspector))),
         asyncio.create_task(supervise("webhooks", lambda: webhooks.run(client, settings))),
+        asyncio.create_task(supervise("peer cache", peers.listen)),
     ]
     announce = asyncio.create_task(_announce(settings, servers, show_token))
     try:

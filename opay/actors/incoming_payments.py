@@ -21,6 +21,7 @@ from opay.actors.replies import failed
 from opay.domain import incoming_payment as rules
 from opay.domain.errors import DomainError
 from opay.domain import packet_dedupe
+from opay.ilp import peers
 from opay.persistence import codec, keys
 from opay.persistence.snapshots import SideEffect
 
@@ -122,6 +123,7 @@ def _credit_packet(command: CreditIncomingPayment, state: rules.IncomingPayment,
     outcome = _apply(command, state, step)
     if outcome is not None and outcome.accepted:
         step.record(key, codec.encode(added))
+        peers.record_received(step.effects, command.peer, outcome.amount)
 
 
 def credit_journal_keys(command: CreditIncomingPayment) -> tuple[str, ...]:

@@ -56,6 +56,9 @@ class CreditIncomingPayment(Command, tag="ip.credit"):
     idempotency_key: str = ""
     condition: bytes = b""  # ILP: the Prepare's executionCondition (32 bytes)
     expires_at_ms: int = 0  # ILP: the Prepare's expiresAt
+    # ILP: the peer whose link it arrived on ("" none: an OPAY_ILP_INCOMING_TOKENS token);
+    # an accepted packet adds its amount to that peer's received total in the same write.
+    peer: str = ""
 
 
 class CompleteIncomingPayment(Command, tag="ip.complete"):

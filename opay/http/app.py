@@ -7,7 +7,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 
 from opay.domain.errors import DomainError
-from opay.http import errors, gnap, ilp, incoming_payments, operator, outgoing_payments, quotes, wallet_addresses
+from opay.http import errors, gnap, ilp, incoming_payments, operator, outgoing_payments, peers, quotes, wallet_addresses
 from opay.http.services import Services
 from opay.persistence.queries import Unreadable
 
@@ -35,6 +35,6 @@ def public_app(services: Services) -> Starlette:
 
 
 def operator_app(services: Services) -> Starlette:
-    app = Starlette(routes=operator.ROUTES, exception_handlers=_exception_handlers())
+    app = Starlette(routes=[*operator.ROUTES, *peers.ROUTES], exception_handlers=_exception_handlers())
     app.state.services = services
     return app

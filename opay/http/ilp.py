@@ -1,7 +1,9 @@
 """Synchronous ILP-over-HTTP: `POST /ilp`, a Prepare in the body, a Fulfill or Reject back.
 
 The wire of ilp-plugin-http and of Rafiki's HTTP peering: `Authorization: Bearer <token>`
-with a token listed in OPAY_ILP_INCOMING_TOKENS, any content type (peers send
+with a peer's incomingToken (POST /peers on the operator API: its arrivals count to that
+peer's received total, in its asset) or a token listed in OPAY_ILP_INCOMING_TOKENS
+(counted to no peer, in OPAY_ILP_ASSET_*), any content type (peers send
 application/ilp+octet-stream or application/octet-stream), and every ILP outcome,
 rejections included, as a 200 with the encoded packet (the plugin treats any other
 status as a transport failure). The logic lives in opay.ilp.receiver.
@@ -12,16 +14,19 @@ from __future__ import annotations
 import hmac
 from datetime import datetime, timezone
 
+import redis
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from opay.actors.messages import CreditIncomingPayment, Reply
+from opay.domain.amounts import Asset
 from opay.domain.incoming_payment import IncomingPayment
 from opay.http.errors import ApiError
 from opay.http.incoming_payments import entity_id
 from opay.http.services import Services, read_body, services
-from opay.ilp.receiver import ReceiverConfig, StreamReceiver, peer_label
+from opay.ilp.packet import Reject
+from opay.ilp.receiver import Link, ReceiverConfig, StreamReceiver, peer_label
 from opay.settings import Settings
 
 PATH = "/ilp"
@@ -50,9 +55,11 @@ def presented_token(header: str | None, tokens: tuple[str, ...]) -> str | None:
 
 
 def make_receiver(s: Services) -> StreamReceiver:
-    async def credit(payment_uuid: str, amount: int, condition: bytes, expires_at_ms: int, timeout: float) -> Reply:
+    async def credit(payment_uuid: str, amount: int, condition: bytes, expires_at_ms: int, timeout: float, peer: str) -> Reply:
         # The same command, entity and rules as an operator credit: one code path.
-        command = CreditIncomingPayment(entity_id(payment_uuid), amount, "ilp", condition=condition, expires_at_ms=expires_at_ms)
+        command = CreditIncomingPayment(
+            entity_id(payment_uuid), amount, "ilp", condition=condition, expires_at_ms=expires_at_ms, peer=peer
+        )
         return await s.router.ask_until_known(command, deadline_seconds=timeout)
 
     async def lookup(payment_uuid: str) -> IncomingPayment | None:
@@ -70,13 +77,36 @@ def _receiver(request: Request, s: Services) -> StreamReceiver:
     return receiver
 
 
+async def link_of(header: str | None, s: Services) -> Link | None:
+    """The link this Authorization header opens: a token of OPAY_ILP_INCOMING_TOKENS
+    (constant-time compare; needs no Redis), else a peer's incomingToken (looked up by its
+    digest; a RedisError propagates), else None."""
+    token = presented_token(header, incoming_tokens(s.settings))
+    if token is not None:
+        return Link(peer_label(token))
+    scheme, _, value = (header or "").strip().partition(" ")
+    value = value.strip()
+    if scheme.lower() != "bearer" or not value:
+        return None
+    peer = await s.peers.peer_for_incoming_token(value)
+    if peer is None:
+        return None
+    return Link(peer_label(value), peer.name, Asset(peer.asset_code, peer.asset_scale), peer.max_packet_amount)
+
+
 async def receive(request: Request) -> Response:
     s = services(request)
-    token = presented_token(request.headers.get("authorization"), incoming_tokens(s.settings))
-    if token is None:
+    try:
+        link = await link_of(request.headers.get("authorization"), s)
+    except redis.RedisError:
+        # The peers cannot be read: an ILP temporary failure the peer retries, as the
+        # receiver answers when a credit cannot be stored (never a Fulfill when unsure).
+        reject = Reject("T00", s.settings.ilp_address, b"temporarily unable to authenticate the peer; retry")
+        return Response(reject.encode(), status_code=200, media_type=MEDIA_TYPE)
+    if link is None:
         raise ApiError(401, "unauthorized", "a valid ILP peer Bearer token is required", headers={"WWW-Authenticate": "Bearer"})
     body = await read_body(request, BODY_MAX_BYTES)
-    reply = await _receiver(request, s).handle(body, datetime.now(timezone.utc), peer_label(token))
+    reply = await _receiver(request, s).handle(body, datetime.now(timezone.utc), link)
     return Response(reply, status_code=200, media_type=MEDIA_TYPE)
 
 

@@ -16,6 +16,7 @@ from opay.auth.introspection import Introspector
 from opay.http import urls
 from opay.http.errors import ApiError
 from opay.ilp.credentials import CredentialMint
+from opay.ilp.peers import PeerStore
 from opay.persistence.queries import Queries
 from opay.persistence.wallet_addresses import WalletAddress, WalletAddressStore
 from opay.pricing import Pricing
@@ -39,6 +40,7 @@ class Services:
         client_keys: ClientKeys,
         mint: CredentialMint,
         pricing: Pricing,
+        peers: PeerStore,
     ) -> None:
         self.settings = settings
         self.router = router
@@ -49,6 +51,7 @@ class Services:
         self.client_keys = client_keys
         self.mint = mint
         self.pricing = pricing
+        self.peers = peers  # ILP peers (opay/ilp/peers.py)
         # path -> (wallet, monotonic time read). A wallet's asset never changes; its public
         # name and owner may (PATCH on the operator API, possibly served by another
         # process), so a hit is kept briefly and decisions on the owner read Redis instead.

@@ -16,7 +16,7 @@ Order of checks, each answering without crediting anything:
   address not ours, token forged   F02
   STREAM data fails to decrypt     F06
   unknown incoming payment         F02
-  payment's asset is not the peering asset  F02 (amounts would be in another unit)
+  payment's asset is not the link's asset  F02 (amounts would be in another unit)
   unfulfillable (probe), amount < prepareAmount, ConnectionClose, completed or expired
                                    F99 with an encrypted STREAM reply
 Then a money packet is credited through `credit(payment uuid, amount, condition,
@@ -80,8 +80,8 @@ PEER_CONFIG = "peer.config"
 _ILDCP_FULFILLMENT = bytes(32)
 _ILDCP_CONDITION = hashlib.sha256(_ILDCP_FULFILLMENT).digest()
 
-# (payment uuid, amount, executionCondition, expires_at_ms, timeout seconds) -> reply
-CreditFn = Callable[[str, int, bytes, int, float], Awaitable[Reply]]
+# (payment uuid, amount, executionCondition, expires_at_ms, timeout seconds, peer name) -> reply
+CreditFn = Callable[[str, int, bytes, int, float, str], Awaitable[Reply]]
 LookupFn = Callable[[str], Awaitable[IncomingPayment | None]]
 
 
@@ -98,6 +98,17 @@ class ReceiverConfig:
             asset=Asset(settings.ilp_asset_code, settings.ilp_asset_scale),
             max_packet_amount=settings.ilp_max_packet_amount,
         )
+
+
+@dataclass(frozen=True)
+class Link:
+    """The peer link a packet arrived on: a configured peer (opay/ilp/peers.py) has a name
+    its arrivals are counted to, its own asset and maybe a packet limit of its own."""
+
+    label: str  # our address for the peer (IL-DCP) is `{ilp_address}.{label}`
+    peer_name: str = ""  # "": an OPAY_ILP_INCOMING_TOKENS token, counted to no peer
+    asset: Asset | None = None  # None: the configured peering asset
+    max_packet_amount: int | None = None  # None: only OPAY_ILP_MAX_PACKET_AMOUNT
 
 
 @dataclass(frozen=True)
@@ -132,8 +143,11 @@ class StreamReceiver:
 
     # ------------------------------------------------------------------ entry point
 
-    async def handle(self, raw: bytes, now: datetime, peer: str = "peer") -> bytes:
-        """The reply (a Fulfill or a Reject, encoded) to one encoded Prepare."""
+    async def handle(self, raw: bytes, now: datetime, peer: str | Link = "peer") -> bytes:
+        """The reply (a Fulfill or a Reject, encoded) to one encoded Prepare arriving on
+        `peer` (a Link, or the label of a link in the configured asset)."""
+        link = peer if isinstance(peer, Link) else Link(peer)
+        asset = link.asset or self.config.asset
         try:
             prepare = decode_packet(raw)
         except (OerError, ValueError) as error:
@@ -141,10 +155,10 @@ class StreamReceiver:
         if not isinstance(prepare, Prepare):
             return self._reject("F01", "expected an ILP Prepare")
         if prepare.destination == PEER_CONFIG:
-            return self._ildcp(prepare, peer)
+            return self._ildcp(prepare, link.label, asset)
         if prepare.expires_at <= now:
             return self._reject("R00", "the Prepare has expired")
-        limit = self.config.max_packet_amount
+        limit = min((n for n in (self.config.max_packet_amount, link.max_packet_amount) if n), default=0)
         if limit and prepare.amount > limit:
             return Reject(
                 "F08", self.config.ilp_address, b"packet amount too large", encode_uint64(prepare.amount) + encode_uint64(limit)
@@ -161,7 +175,7 @@ class StreamReceiver:
         if request.ilp_packet_type != IlpPacketType.PREPARE:
             return self._reject("F06", "STREAM packet type does not match the ILP Prepare")
         try:
-            return await self._money(prepare, request, payment_uuid, secret, now)
+            return await self._money(prepare, request, payment_uuid, secret, now, asset, link.peer_name)
         except Exception as error:  # Redis, Ray, a shard: never a Fulfill when unsure
             log.warning("ILP packet for %s answered T00: %r", payment_uuid, error)
             return self._reject("T00", "temporarily unable to credit; retry")
@@ -169,7 +183,7 @@ class StreamReceiver:
     # ------------------------------------------------------------------ STREAM
 
     async def _money(
-        self, prepare: Prepare, request: StreamPacket, payment_uuid: str, secret: bytes, now: datetime
+        self, prepare: Prepare, request: StreamPacket, payment_uuid: str, secret: bytes, now: datetime, asset: Asset, peer_name: str
     ) -> bytes:
         facts = self._facts.get(payment_uuid)
         current: IncomingPayment | None = None
@@ -182,7 +196,7 @@ class StreamReceiver:
             if current is None:
                 return self._reject("F02", "no such incoming payment")
             facts = self._remember(payment_uuid, current)
-        if facts.asset != self.config.asset:
+        if facts.asset != asset:
             return self._reject("F02", f"this payment receives {facts.asset.code}/{facts.asset.scale}, not over this link")
 
         streams = _stream_ids(request.frames)
@@ -196,7 +210,7 @@ class StreamReceiver:
             if prepare.amount == 0:
                 return self._stream_fulfill(prepare, request, secret, fulfillment, frames)
 
-        reply = await self._credit_once_known(payment_uuid, prepare)
+        reply = await self._credit_once_known(payment_uuid, prepare, peer_name)
         if isinstance(reply, Failed):
             if reply.kind == "not_found":
                 return self._reject("F02", "no such incoming payment")
@@ -220,7 +234,7 @@ class StreamReceiver:
         # Credited now, or by an earlier copy of this very Prepare: the same fulfillment.
         return self._stream_fulfill(prepare, request, secret, fulfillment, self._frames(facts, streams, reply.received_now, None))
 
-    async def _credit_once_known(self, payment_uuid: str, prepare: Prepare) -> Reply:
+    async def _credit_once_known(self, payment_uuid: str, prepare: Prepare, peer_name: str) -> Reply:
         """The credit's answer within the Prepare's remaining time. The credit is
         idempotent by condition, so `credit` asks again once when the outcome is unknown
         (ShardRouter.ask_until_known: a credit that did land is found and fulfilled).
@@ -229,7 +243,7 @@ class StreamReceiver:
         left = (expires_at_ms - to_ms(datetime.now(timezone.utc))) / 1000
         if left <= 0:
             return UNKNOWN
-        return await self._credit(payment_uuid, prepare.amount, prepare.execution_condition, expires_at_ms, left)
+        return await self._credit(payment_uuid, prepare.amount, prepare.execution_condition, expires_at_ms, left, peer_name)
 
     def _remember(self, payment_uuid: str, payment: IncomingPayment) -> _Facts:
         facts = _Facts(payment.asset, payment.incoming_amount)
@@ -258,13 +272,13 @@ class StreamReceiver:
 
     # ------------------------------------------------------------------ IL-DCP and plain rejects
 
-    def _ildcp(self, prepare: Prepare, peer: str) -> bytes:
+    def _ildcp(self, prepare: Prepare, label: str, asset: Asset) -> bytes:
         if prepare.execution_condition != _ILDCP_CONDITION:
             return self._reject("F05", "wrong condition for peer.config")
         w = Writer()
-        w.write_var_octets(f"{self.config.ilp_address}.{peer}".encode("ascii"))
-        w.write_uint8(self.config.asset.scale)
-        w.write_var_octets(self.config.asset.code.encode("utf-8"))
+        w.write_var_octets(f"{self.config.ilp_address}.{label}".encode("ascii"))
+        w.write_uint8(asset.scale)
+        w.write_var_octets(asset.code.encode("utf-8"))
         return Fulfill(_ILDCP_FULFILLMENT, w.getvalue()).encode()
 
     def _reject(self, code: str, message: str) -> bytes:

@@ -72,3 +72,24 @@ FEES = f"{PREFIX}:fees"
 
 def rates(base: str) -> str:
     return f"{PREFIX}:rates:{base}"
+
+
+# ILP peers (opay/ilp/peers.py).
+PEERS = f"{PREFIX}:peers"  # a set: every peer's name
+PEER_TOKENS = f"{PREFIX}:peer-tokens"  # a hash: sha256(incoming token) hex -> peer name
+PEERS_CHANNEL = f"{PREFIX}:peers:changed"  # pub/sub: a change id per create or delete
+
+
+def peer(name: str) -> str:
+    """A hash: one peer's fields (its incoming token only as a digest)."""
+    return f"{PREFIX}:peer:{name}"
+
+
+def peer_totals(name: str) -> str:
+    """A hash {sent, received}: exact decimal totals, moved only by entity writes."""
+    return f"{PREFIX}:peer-totals:{name}"
+
+
+def peers_acks(change: str) -> str:
+    """A list: one entry per process that dropped its peer cache for this change."""
+    return f"{PREFIX}:peers:acks:{change}"

@@ -23,7 +23,21 @@ from opay.persistence import keys
 # KEYS[1] the entity hash; KEYS[2..] one key per side effect.
 # ARGV[1] expected version, ARGV[2] new version, ARGV[3] snapshot, ARGV[4] write id,
 # then per side effect: op, a, b.
+# `hincrby` adds the decimal b to the hash field a exactly, in decimal strings (Redis's
+# HINCRBY stops at 2^63 - 1 and Lua's numbers are doubles: a total of uint64 amounts
+# needs neither bound nor rounding).
 _WRITE = """
+local function add_decimal(x, y)
+  local out, i, j, carry = {}, #x, #y, 0
+  while i > 0 or j > 0 or carry > 0 do
+    local d = carry
+    if i > 0 then d = d + string.byte(x, i) - 48; i = i - 1 end
+    if j > 0 then d = d + string.byte(y, j) - 48; j = j - 1 end
+    out[#out + 1] = string.char(48 + d % 10)
+    carry = math.floor(d / 10)
+  end
+  return string.reverse(table.concat(out))
+end
 local current = redis.call('HGET', KEYS[1], 'v') or '0'
 if current ~= ARGV[1] then
   if current == ARGV[2] and redis.call('HGET', KEYS[1], 'w') == ARGV[4] then
@@ -34,8 +48,15 @@ end
 -- Checked before anything is written: a script's writes are not rolled back by an error.
 for i = 2, #KEYS do
   local op = ARGV[5 + (i - 2) * 3]
-  if op ~= 'zadd' and op ~= 'zrem' and op ~= 'hset' then
+  if op ~= 'zadd' and op ~= 'zrem' and op ~= 'hset' and op ~= 'hincrby' then
     return redis.error_reply('unknown side effect ' .. tostring(op))
+  end
+  if op == 'hincrby' then
+    local by = ARGV[7 + (i - 2) * 3]
+    local total = redis.call('HGET', KEYS[i], ARGV[6 + (i - 2) * 3])
+    if #by > 20 or not string.match(by, '^%d+$') or (total and not string.match(total, '^%d+$')) then
+      return redis.error_reply('hincrby needs decimal digits: ' .. KEYS[i])
+    end
   end
 end
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 's', ARGV[3], 'w', ARGV[4])
@@ -46,6 +67,8 @@ for i = 2, #KEYS do
     redis.call('ZADD', KEYS[i], a, b)
   elseif op == 'zrem' then
     redis.call('ZREM', KEYS[i], b)
+  elseif op == 'hincrby' then
+    redis.call('HSET', KEYS[i], a, add_decimal(redis.call('HGET', KEYS[i], a) or '0', b))
   else
     redis.call('HSET', KEYS[i], a, b)
   end
@@ -55,7 +78,7 @@ return {1, ARGV[2]}
 
 
 class SideEffect(msgspec.Struct, frozen=True, array_like=True):
-    op: str  # zadd | zrem | hset
+    op: str  # zadd | zrem | hset | hincrby (b: a decimal uint64, added exactly to field a)
     key: str
     a: str | bytes | int = ""
     b: str | bytes = ""
