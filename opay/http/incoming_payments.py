@@ -18,7 +18,7 @@ from opay.domain.times import parse_date_time
 from opay.http import wire
 from opay.http.errors import ApiError
 from opay.http.pagination import list_resources
-from opay.http.resources import authenticated, json, path_uuid, visible
+from opay.http.resources import authenticated, create_request, json, path_uuid, readable
 from opay.http.services import Services, read_body, services
 
 KIND = "ip"
@@ -42,12 +42,8 @@ def with_methods(s: Services, payment: IncomingPayment) -> wire.IncomingPaymentV
 
 
 async def create(request: Request) -> Response:
-    s = services(request)
-    body = await read_body(request, s.settings.body_max_bytes)
-    caller = await authenticated(request, s, body)
-    parsed = wire.decode_body(body, wire.CreateIncomingPaymentBody)
-    metadata = wire.metadata_json(parsed.metadata, s.settings.metadata_max_bytes)
-    principal = caller.require("incoming-payment", "create", parsed.walletAddress)
+    asked = await create_request(request, "incoming-payment", wire.CreateIncomingPaymentBody)
+    s, parsed, principal, metadata = asked.s, asked.body, asked.principal, asked.metadata
     wallet = await s.wallet_by_url(parsed.walletAddress)
     if wallet is None:
         raise ApiError(400, "unknown_wallet_address", "walletAddress is not a wallet address of this server")
@@ -81,12 +77,7 @@ async def get(request: Request) -> Response:
         if payment is None:
             raise ApiError(404, "not_found", "no such incoming payment")
         return json(200, wire.public_incoming_payment(payment, s.settings.public_url))
-    caller = await authenticated(request, s, b"")
-    caller.require("incoming-payment", "read", None)
-    payment = await s.queries.entity(entity_id(path_uuid(request, "incoming payment")))
-    if payment is None or not visible(caller, "incoming-payment", "read", payment.wallet_address, payment.client):
-        raise ApiError(404, "not_found", "no such incoming payment")
-    return json(200, with_methods(s, payment))
+    return json(200, with_methods(s, await readable(request, s, "incoming-payment", "incoming payment", entity_id, IncomingPayment)))
 
 
 async def complete(request: Request) -> Response:

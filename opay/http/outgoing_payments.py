@@ -53,8 +53,8 @@ from opay.http import wire
 from opay.http.errors import ApiError
 from opay.http.pagination import list_resources
 from opay.http.quotes import price_quote, sender_wallet
-from opay.http.resources import authenticated, json, path_uuid, uuid_in_url, visible
-from opay.http.services import expected, read_body, services
+from opay.http.resources import authenticated, create_request, json, readable, uuid_in_url
+from opay.http.services import expected, services
 
 KIND = "op"
 PATH = "/outgoing-payments"
@@ -98,12 +98,8 @@ def keyed_payment_id(grant_id: str, key: str) -> str:
 
 
 async def create(request: Request) -> Response:
-    s = services(request)
-    body = await read_body(request, s.settings.body_max_bytes)
-    caller = await authenticated(request, s, body)
-    parsed = wire.decode_body(body, wire.CreateOutgoingPaymentBody)
-    metadata = wire.metadata_json(parsed.metadata, s.settings.metadata_max_bytes)
-    principal = caller.require("outgoing-payment", "create", parsed.walletAddress)
+    asked = await create_request(request, "outgoing-payment", wire.CreateOutgoingPaymentBody)
+    s, caller, parsed, principal, metadata = asked.s, asked.caller, asked.body, asked.principal, asked.metadata
     by_quote = parsed.quoteId is not None
     if by_quote == (parsed.incomingPayment is not None or parsed.debitAmount is not None) or (
         not by_quote and (parsed.incomingPayment is None or parsed.debitAmount is None)
@@ -249,14 +245,7 @@ async def _created(s, payment: OutgoingPayment, limits, grant_id: str) -> Respon
 
 async def get(request: Request) -> Response:
     s = services(request)
-    caller = await authenticated(request, s, b"")
-    caller.require("outgoing-payment", "read", None)
-    payment_uuid = path_uuid(request, "outgoing payment")
-    payment = await s.queries.entity(ids.OUTGOING_PAYMENT(payment_uuid))
-    if not isinstance(payment, OutgoingPayment) or not visible(
-        caller, "outgoing-payment", "read", payment.wallet_address, payment.client
-    ):
-        raise ApiError(404, "not_found", "no such outgoing payment")
+    payment = await readable(request, s, "outgoing-payment", "outgoing payment", ids.OUTGOING_PAYMENT, OutgoingPayment)
     return json(200, wire.outgoing_payment(payment, s.settings.public_url))
 
 

@@ -17,8 +17,8 @@ from opay.domain.amounts import require_asset
 from opay.domain.quote import Quote
 from opay.http import wire
 from opay.http.errors import ApiError
-from opay.http.resources import authenticated, json, local_incoming_payment, path_uuid, visible
-from opay.http.services import Services, read_body, services
+from opay.http.resources import create_request, json, local_incoming_payment, readable
+from opay.http.services import Services, services
 from opay.persistence.wallet_addresses import WalletAddress
 from opay.pricing import RatesUnavailable
 
@@ -69,11 +69,8 @@ async def price_quote(
 
 
 async def create(request: Request) -> Response:
-    s = services(request)
-    body = await read_body(request, s.settings.body_max_bytes)
-    caller = await authenticated(request, s, body)
-    parsed = wire.decode_body(body, wire.CreateQuoteBody)
-    principal = caller.require("quote", "create", parsed.walletAddress)
+    asked = await create_request(request, "quote", wire.CreateQuoteBody)
+    s, parsed, principal = asked.s, asked.body, asked.principal
     if parsed.method != "ilp":
         raise ApiError(400, "invalid_request", "method must be ilp")
     if parsed.debitAmount is not None and parsed.receiveAmount is not None:
@@ -104,12 +101,7 @@ async def create(request: Request) -> Response:
 
 async def get(request: Request) -> Response:
     s = services(request)
-    caller = await authenticated(request, s, b"")
-    caller.require("quote", "read", None)
-    quote_uuid = path_uuid(request, "quote")
-    quote = await s.queries.entity(ids.QUOTE(quote_uuid))
-    if not isinstance(quote, Quote) or not visible(caller, "quote", "read", quote.wallet_address, quote.client):
-        raise ApiError(404, "not_found", "no such quote")
+    quote = await readable(request, s, "quote", "quote", ids.QUOTE, Quote)
     return json(200, wire.quote(quote, s.settings.public_url))
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from typing import Callable, Generic, TypeVar
 
+import msgspec
 from starlette.requests import Request
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import Response
@@ -12,8 +14,11 @@ from opay.actors import ids
 from opay.domain.incoming_payment import IncomingPayment
 from opay.http import urls, wire
 from opay.http.errors import ApiError
-from opay.http.security import Authenticated, authenticate, bearer_token, unauthorized
-from opay.http.services import Services
+from opay.http.security import Authenticated, Principal, authenticate, bearer_token, unauthorized
+from opay.http.services import Services, read_body, services
+
+T = TypeVar("T")
+B = TypeVar("B")
 
 
 class AnyText(Convertor):
@@ -86,3 +91,36 @@ async def local_incoming_payment(s: Services, url: str) -> IncomingPayment:
     if not isinstance(payment, IncomingPayment):
         raise ApiError(400, "invalid_receiver", "no such incoming payment")
     return payment
+
+
+class CreateRequest(msgspec.Struct, Generic[B], frozen=True):
+    """A create, checked in the order every create checks it: the body's size, the
+    signature and token, the body's shape, its metadata, then the token's access."""
+
+    s: Services
+    caller: Authenticated
+    body: B
+    principal: Principal
+    metadata: bytes | None
+
+
+async def create_request(request: Request, resource_type: str, body_type: type[B]) -> CreateRequest[B]:
+    s = services(request)
+    raw = await read_body(request, s.settings.body_max_bytes)
+    caller = await authenticated(request, s, raw)
+    body = wire.decode_body(raw, body_type)
+    sent = getattr(body, "metadata", None)
+    metadata = None if sent is None else wire.metadata_json(sent, s.settings.metadata_max_bytes)
+    principal = caller.require(resource_type, "create", body.walletAddress)  # type: ignore[attr-defined]
+    return CreateRequest(s, caller, body, principal, metadata)
+
+
+async def readable(request: Request, s: Services, resource_type: str, what: str, entity_id: Callable[[str], str], state_type: type[T]) -> T:
+    """The resource a GET names, if the caller may read it; else 404 `no such {what}`,
+    the same whether it is absent or someone else's."""
+    caller = await authenticated(request, s, b"")
+    caller.require(resource_type, "read", None)
+    found = await s.queries.entity(entity_id(path_uuid(request, what)))
+    if not isinstance(found, state_type) or not visible(caller, resource_type, "read", found.wallet_address, found.client):  # type: ignore[attr-defined]
+        raise ApiError(404, "not_found", f"no such {what}")
+    return found
