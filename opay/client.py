@@ -18,18 +18,20 @@ def public_jwk(private_key: Ed25519PrivateKey, kid: str) -> dict[str, str]:
     return {"kid": kid, "x": base64url.encode(raw), "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA"}
 
 
-class SignedClient:
-    """Requests signed with one client key; `token` adds `Authorization: GNAP <token>`."""
+class RequestSigner:
+    """One client key: the headers and body of a request signed as the official SDK signs it
+    (`token` adds `Authorization: GNAP <token>`). Sending is the caller's: SignedClient sends
+    with a plain httpx client (tests, benchmarks), the server's remote receivers through the
+    fetch policy (opay/net/fetch.py)."""
 
-    def __init__(self, http: httpx.AsyncClient, wallet_address: str, private_key: Ed25519PrivateKey, keyid: str) -> None:
-        self.http = http
+    def __init__(self, wallet_address: str, private_key: Ed25519PrivateKey, keyid: str) -> None:
         self.wallet_address = wallet_address
         self.private_key = private_key
         self.keyid = keyid
 
-    async def request(
+    def prepare(
         self, method: str, url: str, *, json: Any = None, body: bytes | None = None, token: str | None = None, sign: bool = True
-    ) -> httpx.Response:
+    ) -> tuple[bytes, dict[str, str]]:
         if body is None:
             body = b"" if json is None else msgspec.json.encode(json)
         headers: dict[str, str] = {}
@@ -39,11 +41,28 @@ class SignedClient:
             headers["authorization"] = f"GNAP {token}"
         if sign:
             headers = signatures.sign(method=method, url=url, headers=headers, body=body, private_key=self.private_key, keyid=self.keyid)
+        return body, headers
+
+    def grant_body(self, access: list[dict], client: Any = None) -> dict:
+        """A non-interactive grant request naming this client by its wallet address."""
+        return {"access_token": {"access": access}, "client": client if client is not None else self.wallet_address}
+
+
+class SignedClient(RequestSigner):
+    """Requests signed with one client key, sent with `http`."""
+
+    def __init__(self, http: httpx.AsyncClient, wallet_address: str, private_key: Ed25519PrivateKey, keyid: str) -> None:
+        super().__init__(wallet_address, private_key, keyid)
+        self.http = http
+
+    async def request(
+        self, method: str, url: str, *, json: Any = None, body: bytes | None = None, token: str | None = None, sign: bool = True
+    ) -> httpx.Response:
+        body, headers = self.prepare(method, url, json=json, body=body, token=token, sign=sign)
         return await self.http.request(method, url, content=body, headers=headers)
 
     async def grant(self, auth_server: str, access: list[dict], client: Any = None) -> dict:
-        body = {"access_token": {"access": access}, "client": client if client is not None else self.wallet_address}
-        response = await self.request("POST", auth_server, json=body)
+        response = await self.request("POST", auth_server, json=self.grant_body(access, client))
         response.raise_for_status()
         return response.json()
 

@@ -29,6 +29,7 @@ from opay.persistence import clients, keys
 from opay.persistence.queries import Queries
 from opay.persistence.wallet_addresses import WalletAddressStore
 from opay.pricing import Pricing
+from opay.remote.identity import ensure_client_identity
 from opay.settings import Settings
 from opay.supervision import supervise
 
@@ -73,6 +74,10 @@ async def serve(settings: Settings, redis_url: str, shards: Shards, *, show_toke
     http = httpx.AsyncClient(limits=httpx.Limits(max_connections=100))
     fetcher = Fetcher(FetchPolicy.from_settings(settings))  # every URL a client supplies, never `http`
     wallets = WalletAddressStore(client)
+    # The ASE's own client identity (its wallet address, its key published in jwks.json), with
+    # which it reads receivers on other servers (opay/remote/receivers.py).
+    client_signer = await ensure_client_identity(settings, client, wallets)
+    log.info("Open Payments client identity %s (key %s)", client_signer.wallet_address, client_signer.keyid)
     grants = GrantStore(client, settings.access_token_seconds)
     introspector = Introspector(
         local=None if settings.introspection_url else grants,

@@ -7,6 +7,7 @@ limit the server enforces is named here so an operator can see and change it.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from urllib.parse import urlsplit
 
@@ -53,6 +54,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     fetch_allow: str = ""  # comma-separated hosts, IPs, CIDRs that may be loopback/private/link-local
     fetch_max_bytes: int = 64 * 1024  # a longer answer is refused, never read to its end
     fetch_timeout_seconds: float = 2.0  # one deadline per fetch: resolution, connect and whole body
+    # The ASE's own Open Payments client identity (opay/remote/identity.py): the path of a
+    # wallet address of this server, created at start if missing, whose jwks.json publishes
+    # the key this server signs with when it reads receivers on other servers.
+    client_wallet_address: str = "ase"
+    # Remote receivers (opay/remote/receivers.py): access tokens kept per authorization server.
+    remote_grants_max: int = 1000
+    # Retry-After of a 503 receiver_unavailable (the receiver's server did not answer).
+    remote_retry_after_seconds: int = 5
     batch_max: int = 256
     batches_in_flight: int = 2
     # Every command to a shard is answered within this, queue wait included (503 after).
@@ -92,6 +101,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return f"{self.public_url}/auth"
 
 
+# A wallet address path as the operator API accepts it (opay/http/operator.py), not a route's.
+_WALLET_PATH = r"(?!(.*/)?(jwks|did)\.json$)(?!(incoming-payments|outgoing-payments|quotes|outgoing-payment-grant|auth|ilp|\.well-known)(/|$))[a-z0-9][a-z0-9._~-]{0,63}(/[a-z0-9][a-z0-9._~-]{0,63}){0,7}"
 _INT_FIELDS = {f for f, t in Settings.__annotations__.items() if t == "int"}
 _FLOAT_FIELDS = {f for f, t in Settings.__annotations__.items() if t == "float"}
 _BOOL_FIELDS = {f for f, t in Settings.__annotations__.items() if t == "bool"}
@@ -133,6 +144,10 @@ def from_environment(environ: dict[str, str] | None = None) -> Settings:
         raise ValueError("OPAY_METADATA_MAX_BYTES must be at least 2 (the size of {})")
     if settings.fetch_max_bytes <= 0 or settings.fetch_timeout_seconds <= 0:
         raise ValueError("OPAY_FETCH_MAX_BYTES and OPAY_FETCH_TIMEOUT_SECONDS must be positive")
+    if re.fullmatch(_WALLET_PATH, settings.client_wallet_address) is None:
+        raise ValueError("OPAY_CLIENT_WALLET_ADDRESS must be a wallet address path (lowercase segments, e.g. ase)")
+    if settings.remote_grants_max <= 0 or settings.remote_retry_after_seconds <= 0:
+        raise ValueError("OPAY_REMOTE_GRANTS_MAX and OPAY_REMOTE_RETRY_AFTER_SECONDS must be positive")
     from opay.net.fetch import parse_allow
 
     parse_allow(settings.fetch_allow)  # a ValueError names the entry that is not a host, IP or CIDR

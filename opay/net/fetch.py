@@ -23,7 +23,7 @@ import re
 import socket
 import ssl
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Mapping, TypeVar
 
 import httpx
 import msgspec
@@ -38,6 +38,8 @@ T = TypeVar("T")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[a-z0-9_]([a-z0-9_-]{0,62})(\.[a-z0-9_]([a-z0-9_-]{0,62}))*$")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _EVERY_ADDRESS = {"", "0.0.0.0", "::"}
+# Headers the fetcher sets itself, whatever the caller passes (content-length comes from the body).
+_OWN_HEADERS = {"host", "accept", "accept-encoding", "content-length", "transfer-encoding"}
 
 
 class FetchError(Exception):
@@ -265,7 +267,7 @@ class Fetched(msgspec.Struct, frozen=True):
 
 
 class Fetcher:
-    """GETs client-supplied URLs under a FetchPolicy; one per process, closed with aclose()."""
+    """Requests to client-supplied URLs under a FetchPolicy; one per process, closed with aclose()."""
 
     def __init__(self, policy: FetchPolicy) -> None:
         self.policy = policy
@@ -283,10 +285,18 @@ class Fetcher:
 
     async def get(self, url: str, *, accept: str = "application/json") -> Fetched:
         """Any final answer but a redirect or an outage (5xx, 408, 429), its body bounded."""
+        return await self.request("GET", url, accept=accept)
+
+    async def request(
+        self, method: str, url: str, *, body: bytes = b"", headers: Mapping[str, str] | None = None, accept: str = "application/json"
+    ) -> Fetched:
+        """`get` for any method, with the caller's headers (a signature, a token) and body:
+        the same policy, one deadline, no redirects, the answer bounded. The caller's
+        headers never choose the Host, the encoding or the length."""
         try:
             async with asyncio.timeout(self.policy.timeout_seconds):
                 target = await self.policy.vet(url)
-                return await self._get(url, target, accept)
+                return await self._send(method, url, target, accept, body, headers or {})
         except TimeoutError:
             raise FetchUnavailable(url, f"no complete answer within {self.policy.timeout_seconds:g} s") from None
 
@@ -300,14 +310,17 @@ class Fetcher:
         except msgspec.MsgspecError as error:
             raise FetchUnusable(url, f"the answer is not the expected JSON: {error}") from None
 
-    async def _get(self, url: str, target: Target, accept: str) -> Fetched:
+    async def _send(self, method: str, url: str, target: Target, accept: str, body: bytes, extra: Mapping[str, str]) -> Fetched:
         tls_name = target.host if target.url.scheme == "https" and not _is_ip(target.host) else None
         last: Exception | None = None
+        headers = {k: v for k, v in extra.items() if k.lower() not in _OWN_HEADERS}
+        headers.update({"Host": target.url.netloc.decode("ascii"), "Accept": accept, "Accept-Encoding": "identity"})
         for address in target.addresses:
             request = self._http.build_request(
-                "GET",
+                method,
                 target.url.copy_with(host=address, fragment=None),
-                headers={"Host": target.url.netloc.decode("ascii"), "Accept": accept, "Accept-Encoding": "identity"},
+                headers=headers,
+                content=body if body or method not in ("GET", "HEAD", "DELETE") else None,
                 extensions={"sni_hostname": tls_name} if tls_name else None,
             )
             try:

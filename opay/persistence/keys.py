@@ -60,6 +60,8 @@ def token_by_id(token_id: str) -> str:
 
 REVOCATIONS_CHANNEL = f"{PREFIX}:revoked"
 STREAM_SECRET = f"{PREFIX}:stream-secret"
+# The raw Ed25519 private key of the ASE's own client identity (opay/remote/identity.py).
+CLIENT_KEY = f"{PREFIX}:client-key"
 # The deployment's shard count, pinned by the first process to start (routing depends on it).
 SHARD_COUNT = f"{PREFIX}:shard-count"
 WEBHOOK_EVENTS = f"{PREFIX}:webhooks:events"
