@@ -24,17 +24,19 @@ def _exception_handlers() -> dict:
     }
 
 
+# Every route is named: URLs are built from these tables (http/urls.py). Wallet addresses
+# come last: their catch-all path must not shadow the API routes.
+PUBLIC_ROUTES = [*incoming_payments.ROUTES, *quotes.ROUTES, *outgoing_payments.ROUTES, *gnap.ROUTES, *ilp.ROUTES, *wallet_addresses.ROUTES]
+OPERATOR_ROUTES = [*operator.ROUTES, *peers.ROUTES]
+
+
 def public_app(services: Services) -> Starlette:
-    # Wallet addresses come last: their catch-all path must not shadow the API routes.
-    app = Starlette(
-        routes=[*incoming_payments.ROUTES, *quotes.ROUTES, *outgoing_payments.ROUTES, *gnap.ROUTES, *ilp.ROUTES, *wallet_addresses.ROUTES],
-        exception_handlers=_exception_handlers(),
-    )
+    app = Starlette(routes=PUBLIC_ROUTES, exception_handlers=_exception_handlers())
     app.state.services = services
     return app
 
 
 def operator_app(services: Services) -> Starlette:
-    app = Starlette(routes=[*operator.ROUTES, *peers.ROUTES], exception_handlers=_exception_handlers())
+    app = Starlette(routes=OPERATOR_ROUTES, exception_handlers=_exception_handlers())
     app.state.services = services
     return app

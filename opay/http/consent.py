@@ -33,8 +33,6 @@ from opay.http.errors import ApiError
 from opay.http.services import Services, services
 from opay.persistence.wallet_addresses import WalletAddress
 
-PREFIX = urls.AUTH + urls.INTERACT
-
 def page_url(s: Services, grant: Grant) -> str:
     assert grant.interaction is not None
     return urls.consent_page(s.settings.public_url, grant.id, grant.interaction.nonce)
@@ -156,8 +154,9 @@ async def operator_decision(s: Services, grant_id: str, approve: bool) -> GrantD
     )
 
 
+# Mounted under /auth by opay/http/gnap.py: named there "auth:consent-page" and so on.
 ROUTES = [
-    Route(PREFIX + "/{grant_id}/{nonce}", show, methods=["GET"]),
-    Route(PREFIX + "/{grant_id}/{nonce}/approve", approve, methods=["POST"]),
-    Route(PREFIX + "/{grant_id}/{nonce}/deny", deny, methods=["POST"]),
+    Route("/interact/{grant_id}/{nonce}", show, methods=["GET"], name="consent-page"),
+    Route("/interact/{grant_id}/{nonce}/approve", approve, methods=["POST"], name="consent-approve"),
+    Route("/interact/{grant_id}/{nonce}/deny", deny, methods=["POST"], name="consent-deny"),
 ]

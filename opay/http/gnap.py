@@ -27,11 +27,10 @@ from opay.domain.amounts import Asset
 from opay.http import consent, signatures, urls, wire
 from opay.http.errors import ApiError
 from opay.http.resources import canonical_uuid
+from opay.http.routing import Prefix
 from opay.http.security import client_key, verify_request_signature
 from opay.http.services import Services, read_body, services
 from opay.persistence.wallet_addresses import Jwk
-
-PREFIX = urls.AUTH
 
 
 class AccessTokenRequest(msgspec.Struct, frozen=True):
@@ -301,11 +300,23 @@ async def revoke_token(request: Request) -> Response:
 
 
 ROUTES = [
-    Route(PREFIX, request_grant, methods=["POST"]),
-    # Any id, slashes included, reaches its handler, which answers with the spec's codes.
-    Route(PREFIX + urls.CONTINUE + "/{grant_id:any}", continue_grant, methods=["POST"]),
-    Route(PREFIX + urls.CONTINUE + "/{grant_id:any}", cancel_grant, methods=["DELETE"]),
-    Route(PREFIX + urls.TOKEN + "/{token_id:any}", rotate_token, methods=["POST"]),
-    Route(PREFIX + urls.TOKEN + "/{token_id:any}", revoke_token, methods=["DELETE"]),
-    *consent.ROUTES,
+    # The authorization server's URL is the grant request's (a Mount does not match its bare prefix).
+    Route("/auth", request_grant, methods=["POST"], name="grant-request"),
+    Prefix(
+        "/auth",
+        name="auth",
+        routes=[
+            # An id of ours takes the first route of each pair; any other, slashes and newlines
+            # included, the second, to the same handler, which answers with the spec's codes.
+            Route("/continue/{grant_id:canonical_uuid}", continue_grant, methods=["POST"], name="continue"),
+            Route("/continue/{grant_id:canonical_uuid}", cancel_grant, methods=["DELETE"], name="cancel"),
+            Route("/continue/{grant_id:any}", continue_grant, methods=["POST"], name="continue-any"),
+            Route("/continue/{grant_id:any}", cancel_grant, methods=["DELETE"], name="cancel-any"),
+            Route("/token/{token_id:canonical_uuid}", rotate_token, methods=["POST"], name="token"),
+            Route("/token/{token_id:canonical_uuid}", revoke_token, methods=["DELETE"], name="revoke-token"),
+            Route("/token/{token_id:any}", rotate_token, methods=["POST"], name="token-any"),
+            Route("/token/{token_id:any}", revoke_token, methods=["DELETE"], name="revoke-token-any"),
+            *consent.ROUTES,
+        ],
+    ),
 ]

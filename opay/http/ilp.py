@@ -110,4 +110,4 @@ async def receive(request: Request) -> Response:
     return Response(reply, status_code=200, media_type=MEDIA_TYPE)
 
 
-ROUTES = [Route(PATH, receive, methods=["POST"])]
+ROUTES = [Route(PATH, receive, methods=["POST"], name="ilp")]

@@ -15,7 +15,7 @@ from opay.domain import incoming_payment as rules
 from opay.domain.amounts import Asset, require_asset
 from opay.domain.incoming_payment import IncomingPayment
 from opay.domain.times import parse_date_time
-from opay.http import wire
+from opay.http import routing, wire  # noqa: F401  (routing registers the path convertors of ROUTES)
 from opay.http.errors import ApiError
 from opay.http.pagination import list_resources
 from opay.http.resources import authenticated, create_request, json, path_uuid, readable
@@ -98,9 +98,12 @@ async def list_payments(request: Request) -> Response:
 
 
 ROUTES = [
-    Route(PATH, create, methods=["POST"]),
-    Route(PATH, list_payments, methods=["GET"]),
-    # Any id, slashes included, reaches its handler: authentication is judged before the id.
-    Route(PATH + "/{resource_id:any}/complete", complete, methods=["POST"]),
-    Route(PATH + "/{resource_id:any}", get, methods=["GET"]),
+    Route(PATH, create, methods=["POST"], name="create-incoming-payment"),
+    Route(PATH, list_payments, methods=["GET"], name="incoming-payments"),
+    # An id of ours takes the first route of each pair; any other, slashes and newlines included,
+    # the second, to the same handler: authentication is judged before the id.
+    Route(PATH + "/{resource_id:canonical_uuid}/complete", complete, methods=["POST"], name="complete-incoming-payment"),
+    Route(PATH + "/{resource_id:any}/complete", complete, methods=["POST"], name="complete-incoming-payment-any"),
+    Route(PATH + "/{resource_id:canonical_uuid}", get, methods=["GET"], name="incoming-payment"),
+    Route(PATH + "/{resource_id:any}", get, methods=["GET"], name="incoming-payment-any"),
 ]

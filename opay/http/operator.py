@@ -25,6 +25,7 @@ from opay.http import consent, wire
 from opay.http.errors import ApiError
 from opay.http.incoming_payments import entity_id
 from opay.http.resources import canonical_uuid, json, uuid_in_url
+from opay.http.routing import Prefix
 from opay.http.services import Services, expected, read_body, services
 from opay.persistence.wallet_addresses import Jwk, WalletAddress
 
@@ -298,19 +299,44 @@ async def health(request: Request) -> Response:
     return json(200, HEALTHY)
 
 
+# Each group is a Prefix (a Mount that takes only what its routes take, see http/routing.py),
+# in the place of its first route: the answers are those of the flat list, 307s to a
+# path with or without its trailing slash included.
 ROUTES = [
-    Route("/health", health, methods=["GET"]),
-    Route("/wallet-addresses", create_wallet_address, methods=["POST"]),
-    Route("/wallet-addresses", list_wallet_addresses, methods=["GET"]),
-    Route("/wallet-addresses/{path:path}/keys/{kid}", revoke_key, methods=["DELETE"]),
-    Route("/wallet-addresses/{path:path}/keys", add_key, methods=["POST"]),
-    Route("/wallet-addresses/{path:path}", patch_wallet_address, methods=["PATCH"]),
-    Route("/credits", credit, methods=["POST"]),
-    Route("/rates/{base}", put_rates, methods=["PUT"]),
-    Route("/fees/{asset_code}", put_fees, methods=["PUT"]),
-    Route("/outgoing-payments/{payment_id}/fund", fund_outgoing_payment, methods=["POST"]),
-    Route("/outgoing-payments/{payment_id}/cancel", cancel_outgoing_payment, methods=["POST"]),
-    Route("/introspect", introspect, methods=["POST"]),
-    Route("/grants/{grant_id}/approve", approve_grant, methods=["POST"]),
-    Route("/grants/{grant_id}/deny", deny_grant, methods=["POST"]),
+    Route("/health", health, methods=["GET"], name="health"),
+    Route("/wallet-addresses", create_wallet_address, methods=["POST"], name="create-wallet-address"),
+    Route("/wallet-addresses", list_wallet_addresses, methods=["GET"], name="wallet-addresses"),
+    Prefix(
+        "/wallet-addresses",
+        name="wallet-address",
+        routes=[
+            Route("/{path:path}/keys/{kid}", revoke_key, methods=["DELETE"], name="key"),
+            Route("/{path:path}/keys", add_key, methods=["POST"], name="keys"),
+            Route("/{path:path}", patch_wallet_address, methods=["PATCH"], name="update"),
+        ],
+    ),
+    Route("/credits", credit, methods=["POST"], name="credits"),
+    Route("/rates/{base}", put_rates, methods=["PUT"], name="rates"),
+    Route("/fees/{asset_code}", put_fees, methods=["PUT"], name="fees"),
+    Prefix(
+        "/outgoing-payments",
+        name="outgoing-payment",
+        routes=[
+            # An id of ours takes the first route of each pair, any other the second: the
+            # operator token is judged before the id.
+            Route("/{payment_id:canonical_uuid}/fund", fund_outgoing_payment, methods=["POST"], name="fund"),
+            Route("/{payment_id}/fund", fund_outgoing_payment, methods=["POST"], name="fund-any"),
+            Route("/{payment_id:canonical_uuid}/cancel", cancel_outgoing_payment, methods=["POST"], name="cancel"),
+            Route("/{payment_id}/cancel", cancel_outgoing_payment, methods=["POST"], name="cancel-any"),
+        ],
+    ),
+    Route("/introspect", introspect, methods=["POST"], name="introspect"),
+    Prefix(
+        "/grants",
+        name="grant",
+        routes=[
+            Route("/{grant_id}/approve", approve_grant, methods=["POST"], name="approve"),
+            Route("/{grant_id}/deny", deny_grant, methods=["POST"], name="deny"),
+        ],
+    ),
 ]

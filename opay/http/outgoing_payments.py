@@ -49,7 +49,7 @@ from opay.domain import outgoing_payment as rules
 from opay.domain.errors import DomainError
 from opay.domain.outgoing_payment import Abandoned, Attempt, OutgoingPayment
 from opay.domain.quote import Quote
-from opay.http import wire
+from opay.http import routing, wire  # noqa: F401  (routing registers the path convertors of ROUTES)
 from opay.http.errors import ApiError
 from opay.http.pagination import list_resources
 from opay.http.quotes import price_quote, sender_wallet
@@ -269,8 +269,11 @@ async def grant_spent(request: Request) -> Response:
 
 
 ROUTES = [
-    Route(PATH, create, methods=["POST"]),
-    Route(PATH, list_payments, methods=["GET"]),
-    Route(PATH + "/{resource_id:any}", get, methods=["GET"]),
-    Route("/outgoing-payment-grant", grant_spent, methods=["GET"]),
+    Route(PATH, create, methods=["POST"], name="create-outgoing-payment"),
+    Route(PATH, list_payments, methods=["GET"], name="outgoing-payments"),
+    # An id of ours takes the first route of each pair; any other, slashes and newlines included,
+    # the second, to the same handler: authentication is judged before the id.
+    Route(PATH + "/{resource_id:canonical_uuid}", get, methods=["GET"], name="outgoing-payment"),
+    Route(PATH + "/{resource_id:any}", get, methods=["GET"], name="outgoing-payment-any"),
+    Route("/outgoing-payment-grant", grant_spent, methods=["GET"], name="outgoing-payment-grant"),
 ]

@@ -15,7 +15,7 @@ from opay.domain import incoming_payment as incoming
 from opay.domain import quote as rules
 from opay.domain.amounts import require_asset
 from opay.domain.quote import Quote
-from opay.http import wire
+from opay.http import routing, wire  # noqa: F401  (routing registers the path convertors of ROUTES)
 from opay.http.errors import ApiError
 from opay.http.resources import create_request, json, local_incoming_payment, readable
 from opay.http.services import Services, services
@@ -105,4 +105,10 @@ async def get(request: Request) -> Response:
     return json(200, wire.quote(quote, s.settings.public_url))
 
 
-ROUTES = [Route(PATH, create, methods=["POST"]), Route(PATH + "/{resource_id:any}", get, methods=["GET"])]
+ROUTES = [
+    Route(PATH, create, methods=["POST"], name="quotes"),
+    # An id of ours takes the first route of each pair; any other, slashes and newlines included,
+    # the second, to the same handler: authentication is judged before the id.
+    Route(PATH + "/{resource_id:canonical_uuid}", get, methods=["GET"], name="quote"),
+    Route(PATH + "/{resource_id:any}", get, methods=["GET"], name="quote-any"),
+]

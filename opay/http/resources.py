@@ -7,7 +7,6 @@ from typing import Callable, Generic, TypeVar
 
 import msgspec
 from starlette.requests import Request
-from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import Response
 
 from opay.actors import ids
@@ -19,22 +18,6 @@ from opay.http.services import Services, read_body, services
 
 T = TypeVar("T")
 B = TypeVar("B")
-
-
-class AnyText(Convertor):
-    """Like Starlette's "path", newlines included: an id in a path, whatever it holds,
-    reaches its route, which authenticates before it judges the id."""
-
-    regex = r"[\s\S]*"
-
-    def convert(self, value: str) -> str:
-        return value
-
-    def to_string(self, value: str) -> str:
-        return value
-
-
-register_url_convertor("any", AnyText())
 
 
 def json(status: int, body: object) -> Response:
@@ -66,8 +49,9 @@ def path_uuid(request: Request, what: str) -> str:
 
 
 def uuid_in_url(s: Services, url: str, collection: str) -> str | None:
-    """The id of one of this server's resources from its URL, or None for any other URL."""
-    found = urls.resource_id(s.settings.public_url, url, "/" + collection)
+    """The id of one of this server's resources from its URL, or None for any other URL.
+    `collection`: the route name of its collection, "incoming-payments" or "quotes"."""
+    found = urls.resource_id(s.settings.public_url, url, collection)
     return None if found is None else canonical_uuid(found)
 
 

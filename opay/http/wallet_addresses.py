@@ -12,11 +12,12 @@ from urllib.parse import quote, urlsplit
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match, Route
+from starlette.routing import Route
 
 from opay.http import wire
 from opay.http.errors import ApiError
-from opay.http.resources import AnyText, json  # noqa: F401  (AnyText registers the {name:any} convertor)
+from opay.http.resources import json
+from opay.http.routing import allowed_methods
 from opay.http.services import Services, services
 from opay.persistence.wallet_addresses import Jwk, WalletAddress
 
@@ -95,11 +96,7 @@ async def get_did_document(request: Request) -> Response:
 
 async def unmatched(request: Request) -> Response:
     """No route takes this method on this path (or no route this path)."""
-    allowed: set[str] = set()
-    for route in request.app.router.routes:
-        if isinstance(route, Route) and route.endpoint not in (unmatched, get_wallet_address):
-            if route.matches(request.scope)[0] == Match.PARTIAL:
-                allowed |= route.methods or set()
+    allowed = allowed_methods(request.app.router.routes, request.scope, skip=(unmatched, get_wallet_address))
     if not allowed and await services(request).wallet(request.path_params["path"]) is not None:
         allowed = {"GET", "HEAD"}
     if allowed:
@@ -108,9 +105,9 @@ async def unmatched(request: Request) -> Response:
 
 
 ROUTES = [
-    Route("/{path:any}/jwks.json", get_jwks, methods=["GET"]),
-    Route("/{path:any}/did.json", get_did_document, methods=["GET"]),
-    Route("/{path:any}", get_wallet_address, methods=["GET"]),
+    Route("/{path:any}/jwks.json", get_jwks, methods=["GET"], name="jwks"),
+    Route("/{path:any}/did.json", get_did_document, methods=["GET"], name="did-document"),
+    Route("/{path:any}", get_wallet_address, methods=["GET"], name="wallet-address"),
     # Starlette would make a function route GET-only: name every method.
-    Route("/{path:any}", unmatched, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"]),
+    Route("/{path:any}", unmatched, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"], name="unmatched"),
 ]
