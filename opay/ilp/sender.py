@@ -484,6 +484,17 @@ def _failure(state: SenderState, now_ms: int, error: str, backoff: bool) -> Send
     return state
 
 
+def _lowered_max(state: SenderState, reject: Reject, amount: int) -> SenderState:
+    """After an F08 for `amount`: the max packet amount lowered (never raised), or the
+    payment failed when nothing can pass."""
+    new_max = _f08_max(reject, amount)
+    if new_max < state.max_packet:
+        state = replace(state, max_packet=new_max)
+    if state.max_packet <= 0:
+        return _fail(state, CONNECTOR_ERROR, "F08: max packet amount is 0")
+    return state
+
+
 def _f08_max(reject: Reject, amount: int) -> int:
     """The new max packet amount in source units from an F08 (precise with data)."""
     if len(reject.data) >= 16:
@@ -564,12 +575,8 @@ def _on_reject(state: SenderState, record: InFlight, reply: Reject, now_ms: int)
         return _on_probe_reject(state, record, reply, stream, now_ms, text)
     # A money packet: its amount is back in the pool for the next packets.
     if code == "F08":
-        new_max = _f08_max(reply, record.amount)
-        if new_max < state.max_packet:
-            state = replace(state, max_packet=new_max)
-        if state.max_packet <= 0:
-            return _fail(state, CONNECTOR_ERROR, "F08: max packet amount is 0")
-        return replace(state, last_error=text)
+        state = _lowered_max(state, reply, record.amount)
+        return state if state.outcome is not None else replace(state, last_error=text)
     if code[0] in "TR":
         return _failure(state, now_ms, text, backoff=True)
     if code == "F99" and stream is not None:
@@ -582,11 +589,9 @@ def _on_reject(state: SenderState, record: InFlight, reply: Reject, now_ms: int)
 def _on_probe_reject(state, record, reply, stream, now_ms, text) -> SenderState:
     code = reply.code
     if code == "F08":
-        new_max = _f08_max(reply, record.amount)
-        if new_max < state.max_packet:
-            state = replace(state, max_packet=new_max)
-        if state.max_packet <= 0:
-            return _fail(state, CONNECTOR_ERROR, "F08: max packet amount is 0")
+        state = _lowered_max(state, reply, record.amount)
+        if state.outcome is not None:
+            return state
         # Probe the path at its new maximum, and keep the smaller probes.
         queue = sorted({min(a, state.max_packet) for a in state.probe_queue} | {state.max_packet}, reverse=True)
         state = replace(state, probe_queue=tuple(queue), last_error=text)
