@@ -22,6 +22,7 @@ from opay.auth.introspection import Introspector
 from opay.http.app import operator_app, public_app
 from opay.http.services import Services
 from opay.ilp.credentials import SECRET_BYTES, CredentialMint
+from opay.ilp.links import PacketLinks
 from opay.ilp.peers import PeerStore
 from opay.net.fetch import Fetcher, FetchPolicy
 from opay.outbox import delivery as webhooks
@@ -30,6 +31,7 @@ from opay.persistence.queries import Queries
 from opay.persistence.wallet_addresses import WalletAddressStore
 from opay.pricing import Pricing
 from opay.remote.identity import ensure_client_identity
+from opay.remote.receivers import RemoteReceivers
 from opay.settings import Settings
 from opay.supervision import supervise
 
@@ -103,6 +105,11 @@ async def serve(settings: Settings, redis_url: str, shards: Shards, *, show_toke
         pricing=Pricing(client, http, rates_url=settings.rates_url, cache_seconds=settings.rates_cache_seconds),
         peers=(peers := PeerStore(client)),
     )
+    # Remote payments' packets: the router puts them on the peers' links (opay/ilp/links.py).
+    links = PacketLinks(
+        peers, RemoteReceivers(settings, fetcher, client_signer).resolve, pool_size=settings.stream_packets_in_flight
+    )
+    router.links = links
     servers = [
         _Server(uvicorn.Config(app, host=host, port=port, lifespan="off", access_log=False, log_level="warning", http="httptools"))
         for app, host, port in (
@@ -128,6 +135,7 @@ async def serve(settings: Settings, redis_url: str, shards: Shards, *, show_toke
             task.cancel()
         await asyncio.gather(*background, announce, return_exceptions=True)
         await router.close()
+        links.close()
         await http.aclose()
         await fetcher.aclose()
         await client.aclose()

@@ -6,6 +6,8 @@ limit the server enforces is named here so an operator can see and change it.
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import os
 import re
 import secrets
@@ -62,6 +64,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     remote_grants_max: int = 1000
     # Retry-After of a 503 receiver_unavailable (the receiver's server did not answer).
     remote_retry_after_seconds: int = 5
+    # Remote payments (one STREAM connection each over a peer's link): Prepares one payment
+    # keeps in flight at most, each Prepare's expiry, and the slippage below the quote's rate
+    # a payment still accepts (a decimal fraction).
+    stream_packets_in_flight: int = 20
+    ilp_packet_expiry_seconds: int = 30
+    slippage: str = "0.01"
     batch_max: int = 256
     batches_in_flight: int = 2
     # Every command to a shard is answered within this, queue wait included (503 after).
@@ -148,6 +156,14 @@ def from_environment(environ: dict[str, str] | None = None) -> Settings:
         raise ValueError("OPAY_CLIENT_WALLET_ADDRESS must be a wallet address path (lowercase segments, e.g. ase)")
     if settings.remote_grants_max <= 0 or settings.remote_retry_after_seconds <= 0:
         raise ValueError("OPAY_REMOTE_GRANTS_MAX and OPAY_REMOTE_RETRY_AFTER_SECONDS must be positive")
+    if not 1 <= settings.stream_packets_in_flight <= 1000 or not 1 <= settings.ilp_packet_expiry_seconds <= 3600:
+        raise ValueError("OPAY_STREAM_PACKETS_IN_FLIGHT must be 1..1000 and OPAY_ILP_PACKET_EXPIRY_SECONDS 1..3600")
+    try:
+        slippage = Fraction(settings.slippage)
+    except (ValueError, ZeroDivisionError):
+        slippage = Fraction(-1)
+    if not 0 <= slippage < 1:
+        raise ValueError("OPAY_SLIPPAGE must be a decimal in [0, 1)")
     from opay.net.fetch import parse_allow
 
     parse_allow(settings.fetch_allow)  # a ValueError names the entry that is not a host, IP or CIDR

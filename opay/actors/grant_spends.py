@@ -86,10 +86,10 @@ def reserve(command: ReserveSpend, state: rules.GrantSpend | None, step: Step) -
     step.reply = Spent(after.spent_debit, after.spent_receive)
 
 
-def _give_back(ledger: rules.GrantSpend, payment_id: str, step: Step) -> rules.GrantSpend:
+def _give_back(ledger: rules.GrantSpend, payment_id: str, step: Step, kept_debit: int = 0, kept_receive: int = 0) -> rules.GrantSpend:
     held = step.journal_entry(payment_id)
     if held is not None:
-        ledger, reservation = rules.release(ledger, codec.decode(held, rules.Reservation))
+        ledger, reservation = rules.release(ledger, codec.decode(held, rules.Reservation), kept_debit, kept_receive)
         step.record(payment_id, codec.encode(reservation))
     return rules.resolved(ledger, payment_id)
 
@@ -98,7 +98,7 @@ def release(command: ReleaseSpend, state: rules.GrantSpend | None, step: Step) -
     if state is None or step.journal_entry(command.payment_id) is None:
         step.reply = Nothing()  # nothing was reserved: nothing to give back
         return
-    after = _give_back(state, command.payment_id, step)
+    after = _give_back(state, command.payment_id, step, command.kept_debit, command.kept_receive)
     _schedule(after, step)
     step.reply = Spent(after.spent_debit, after.spent_receive)
 

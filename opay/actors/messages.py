@@ -99,6 +99,9 @@ class ReserveSpend(Command, tag="grant.reserve"):
 
 class ReleaseSpend(Command, tag="grant.release"):
     payment_id: str
+    # What the failed payment did spend (a remote one that failed part-way): kept.
+    kept_debit: int = 0
+    kept_receive: int = 0
 
 
 class ReadSpend(Command, tag="grant.read"):
@@ -146,6 +149,27 @@ class ResumeOutgoingPayment(Command, tag="op.resume"):
     """The timer's nudge: redo whatever the payment still waits on."""
 
 
+class SendPackets(Command, tag="link.send"):
+    """Not for an entity: packets a remote payment (entity_id) puts on a peer's link. The
+    front end's router sends them (ILP-over-HTTP, concurrently, each bounded by its expiry)
+    and answers with `LinkReplies`. With `refresh`, it first reads the receiver (`receiver`,
+    an incoming payment URL on another server) for its room."""
+
+    peer: str  # "" : routed by the Prepares' destination
+    prepares: list[bytes]
+    receiver: str = ""
+    refresh: bool = False
+
+
+class LinkReplies(msgspec.Struct, frozen=True, tag="link.replies"):
+    peer: str  # the peer the packets went to (their totals count there)
+    conditions: list[bytes]  # each Prepare's executionCondition, in order
+    replies: list[bytes]  # a Fulfill or Reject per Prepare, in order
+    remaining: int | None = None  # refresh: incomingAmount - receivedAmount (None: no cap)
+    refreshed: bool = False  # refresh asked and the receiver read
+    error: str = ""
+
+
 class State(msgspec.Struct, Generic[S], frozen=True, tag="state"):
     state: S
 
@@ -187,7 +211,7 @@ class Failed(msgspec.Struct, frozen=True, tag="failed"):
 
 
 # For annotations; the registry's Reply is this with State's state closed.
-Reply = State | Credited | Spent | Checked | Nothing | Failed
+Reply = State | Credited | Spent | Checked | Nothing | LinkReplies | Failed
 
 
 class Answered(Command, Generic[R], tag="answered"):

@@ -19,6 +19,8 @@ nothing (`reserved=False`) only ever answers an existing payment.
 
 from __future__ import annotations
 
+import msgspec
+
 from opay.actors import ids
 from opay.actors.entity import EntityKind, Step
 from opay.actors.messages import (
@@ -31,32 +33,145 @@ from opay.actors.messages import (
     CreditIncomingPayment,
     Failed,
     FundOutgoingPayment,
+    LinkReplies,
     Nothing,
     OpenOutgoingPayment,
     ReleaseSpend,
     ResumeOutgoingPayment,
+    SendPackets,
     State,
 )
 from opay.actors.replies import failed, not_found
 from opay.domain import outgoing_payment as rules
 from opay.domain.errors import DomainError
+from opay.ilp import sender as stream
+from opay.ilp.packet import Fulfill, Prepare, Reject, decode_packet
+from opay.ilp.peers import record_sent
 from opay.persistence import keys
 from opay.persistence.snapshots import SideEffect
 
 RETRY_MS = 5_000
+# A remote payment's packets unanswered this long are sent again, byte for byte (the
+# receiver answers an exact resend with its first answer and credits nothing), until they
+# expire; then they are abandoned and the receiver's room is read again before going on.
+RESEND_MS = 5_000
+
+_stream_encoder = msgspec.msgpack.Encoder()
+_stream_decoder = msgspec.msgpack.Decoder(stream.SenderState)
 
 
 def _pursue(payment: rules.OutgoingPayment, step: Step) -> None:
     """Ask for whatever the payment still waits on, and come back later if unanswered."""
     step.state = payment
-    if payment.phase == "sending":
+    if payment.phase == "sending" and payment.remote is not None:
+        _drive(payment, _stream_decoder.decode(payment.remote.stream), step)
+    elif payment.phase == "sending":
         step.tell(CreditIncomingPayment(ids.incoming_payment_of_url(payment.receiver), payment.receive, "settlement", payment.id))
         step.due(step.now_ms + RETRY_MS)
     elif payment.phase == "failed" and not payment.grant_released:
-        step.tell(ReleaseSpend(ids.GRANT_SPEND(payment.grant_id), payment.id))
+        # A remote payment that failed part-way keeps what it sent; the rest goes back.
+        step.tell(ReleaseSpend(ids.GRANT_SPEND(payment.grant_id), payment.id, payment.sent, payment.delivered))
         step.due(step.now_ms + RETRY_MS)
     else:
         step.not_due()
+
+
+# ---------------------------------------------------------------- remote receivers (STREAM)
+
+
+def _condition(raw: bytes) -> bytes:
+    prepare = decode_packet(raw)
+    assert isinstance(prepare, Prepare)
+    return prepare.execution_condition
+
+
+def _drive(payment: rules.OutgoingPayment, state: stream.SenderState, step: Step, *, resend: bool = False) -> None:
+    """The connection's next move, from its state as accounted so far: settle the payment
+    once the sender has an outcome and nothing is in flight; else put the next Prepares on
+    the wire (state persisted with them in flight before they leave: a Tell leaves only
+    once this step is committed), or read the receiver's room first when it may be stale.
+    `resend`: the packets in flight are sent again (a resume: their replies may be lost)."""
+    remote = payment.remote
+    assert remote is not None
+    now = step.now_ms
+    live = {p.condition for p in state.in_flight if p.kind != "close"}
+    wire = tuple(raw for raw in remote.wire if _condition(raw) in live)
+    if state.outcome is not None and not live:
+        after = rules.remote_progress(payment, msgspec.structs.replace(remote, stream=_stream_encoder.encode(state), wire=()), state.sent, state.delivered)
+        if state.outcome.status == "completed":
+            after = rules.remote_completed(after)
+            step.emit("outgoing_payment.completed", after)
+        else:
+            detail = f": {state.outcome.detail}" if state.outcome.detail else ""
+            after = rules.undeliverable(after, f"{state.outcome.reason}{detail}")
+            step.emit("outgoing_payment.failed", after)
+        _pursue(after, step)
+        return
+    fresh: list[bytes] = []
+    if state.outcome is None and remote.cap_fresh and not resend:
+        state, prepares = stream.next_prepares(state, now)
+        fresh = [p.encode() for p in prepares]
+        if state.outcome is not None and not any(p.kind != "close" for p in state.in_flight):
+            _drive(payment, state, step)  # decided without a packet (no room, a rate too low)
+            return
+    wire += tuple(fresh)
+    remote = msgspec.structs.replace(remote, stream=_stream_encoder.encode(state), wire=wire)
+    step.state = rules.remote_progress(payment, remote, state.sent, state.delivered)
+    out = list(wire) if resend else fresh
+    if out:
+        step.tell(SendPackets(step.entity_id, remote.peer, out, receiver=payment.receiver))
+    elif not remote.cap_fresh and not wire:
+        step.tell(SendPackets(step.entity_id, remote.peer, [], receiver=payment.receiver, refresh=True))
+    wake = stream.wake_at(state)
+    if not wire and remote.cap_fresh and wake is not None and wake > now:
+        step.due(wake)  # a backoff: nothing in flight until then
+    else:
+        step.due(now + RESEND_MS)
+
+
+def _resume_remote(payment: rules.OutgoingPayment, step: Step) -> None:
+    """The timer: drop packets past their expiry (never counted; the receiver's room is
+    then read again), resend the others exactly, or go on."""
+    assert payment.remote is not None
+    state = _stream_decoder.decode(payment.remote.stream)
+    before = len(state.in_flight)
+    state = stream.abandon_expired(state, step.now_ms)
+    remote = payment.remote
+    if len(state.in_flight) < before:
+        remote = msgspec.structs.replace(remote, cap_fresh=False)
+    payment = msgspec.structs.replace(payment, remote=remote)
+    _drive(payment, state, step, resend=bool(state.in_flight))
+
+
+def _link_answer(state_payment: rules.OutgoingPayment, answer: LinkReplies, step: Step) -> None:
+    """Replies from the link: each one accounted (Fulfills only count, and only with the
+    right fulfillment), what was delivered counted to the peer in this same write."""
+    payment = state_payment
+    remote = payment.remote
+    assert remote is not None
+    state = _stream_decoder.decode(remote.stream)
+    sent_before = state.sent
+    by_condition = {}
+    for raw in remote.wire:
+        prepare = decode_packet(raw)
+        assert isinstance(prepare, Prepare)
+        by_condition[prepare.execution_condition] = prepare
+    for condition, raw in zip(answer.conditions, answer.replies):
+        prepare = by_condition.get(condition)
+        if prepare is None:
+            continue  # a late or repeated answer: accounted already
+        try:
+            reply = decode_packet(raw)
+        except ValueError:
+            continue
+        if isinstance(reply, (Fulfill, Reject)):
+            state = stream.on_reply(state, prepare, reply, step.now_ms)
+    record_sent(step.effects, answer.peer, state.sent - sent_before)
+    if answer.refreshed:
+        if answer.remaining is not None:
+            state = stream.set_cap(state, answer.remaining)
+        remote = msgspec.structs.replace(remote, cap_fresh=True)
+    _drive(msgspec.structs.replace(payment, remote=remote), state, step)
 
 
 def open_payment(command: OpenOutgoingPayment, state: rules.OutgoingPayment | rules.Abandoned | None, step: Step) -> None:
@@ -140,7 +255,10 @@ def resume(command: ResumeOutgoingPayment, state: rules.OutgoingPayment | rules.
     if not isinstance(state, rules.OutgoingPayment):
         step.reply = not_found("outgoing payment")
         return
-    _pursue(state, step)
+    if state.phase == "sending" and state.remote is not None:
+        _resume_remote(state, step)
+    else:
+        _pursue(state, step)
     step.reply = Nothing()
 
 
@@ -149,6 +267,10 @@ def answered(command: Answered, state, step: Step) -> None:
     if not isinstance(state, rules.OutgoingPayment):
         return
     answer = command.answer
+    if command.question == "link.send":
+        if state.phase == "sending" and state.remote is not None and isinstance(answer, LinkReplies):
+            _link_answer(state, answer, step)
+        return  # anything else (the link unavailable): the due time resends
     if command.question == "ip.credit" and state.phase == "sending":
         if isinstance(answer, Credited) and answer.outcome.accepted:
             after = rules.delivered(state)

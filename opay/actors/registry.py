@@ -20,7 +20,7 @@ import msgspec
 from opay.actors import grant_spends, incoming_payments, outgoing_payments, quotes
 from opay.actors.entity import EntityKind, Handler, JournalKeys, Step
 from opay.actors.ids import prefix_of
-from opay.actors.messages import Answered, BatchResult, Checked, Command, Credited, Failed, Nothing, Spent, State
+from opay.actors.messages import Answered, BatchResult, Checked, Command, Credited, Failed, LinkReplies, Nothing, SendPackets, Spent, State
 from opay.outbox.events import Event
 from opay.persistence.codec import SnapshotCodec, StateSchema
 
@@ -41,7 +41,7 @@ codec = SnapshotCodec([StateSchema(kind.states, kind.schema, kind.upgrades) for 
 EntityState: Any = codec.State
 # An outbox event, its state decoded as the kind it is.
 EntityEvent: Any = Event[EntityState]  # type: ignore[valid-type]
-Reply: Any = Union[State[EntityState], Credited, Spent, Checked, Nothing, Failed]  # type: ignore[valid-type]
+Reply: Any = Union[State[EntityState], Credited, Spent, Checked, Nothing, LinkReplies, Failed]  # type: ignore[valid-type]
 
 
 def answered(command: Answered, state: object, step: Step) -> None:
@@ -76,7 +76,8 @@ JOURNAL_KEYS: dict[type, JournalKeys] = {**_merged([kind.journal_keys for kind i
 FIRE: dict[str, Callable[[str], Command]] = {kind.prefix: kind.timer for kind in KINDS if kind.timer is not None}
 
 # Every command a batch may hold (answers included), closed over the replies.
-AnyCommand: Any = Union[tuple(t for t in HANDLERS if t is not Answered) + (Answered[Reply],)]  # type: ignore[valid-type]
+# SendPackets is no entity's: a Tell of it is run by the front end's router (a peer's link).
+AnyCommand: Any = Union[tuple(t for t in HANDLERS if t is not Answered) + (Answered[Reply], SendPackets)]  # type: ignore[valid-type]
 
 _commands = msgspec.msgpack.Decoder(list[AnyCommand])  # type: ignore[valid-type]
 _result = msgspec.msgpack.Decoder(BatchResult[AnyCommand, Reply])  # type: ignore[valid-type]

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import msgspec
 
-from opay.actors.messages import CONFLICT_RETRY, UNAVAILABLE, Answered, Command, Failed, Reply, Tell, encode, tag_of
+from opay.actors.messages import CONFLICT_RETRY, UNAVAILABLE, Answered, Command, Failed, Reply, SendPackets, Tell, encode, tag_of
 from opay.actors.registry import decode_result
 from opay.actors.routing import shard_of
 
@@ -68,6 +68,9 @@ class ShardRouter:
         self._slots = [asyncio.Semaphore(in_flight) for _ in range(shards.count)]
         self._tasks: set[asyncio.Task] = set()
         self._pumps = [asyncio.create_task(self._pump(n)) for n in range(shards.count)]
+        # Where a Tell of SendPackets goes (a remote payment's packets on a peer's link:
+        # opay.ilp.links.PacketLinks); None: such tells are answered "unavailable".
+        self.links = None
 
     @property
     def deadline_seconds(self) -> float:
@@ -182,8 +185,20 @@ class ShardRouter:
 
     async def _relay(self, tell: Tell) -> None:
         try:
-            answer = await self.ask(tell.command)
+            if isinstance(tell.command, SendPackets):
+                answer = await self._send_packets(tell.command)
+            else:
+                answer = await self.ask(tell.command)
             if tell.reply_to is not None:
                 await self.ask(Answered(tell.reply_to, tag_of(tell.command), answer))
         finally:
             self._telling -= 1
+
+    async def _send_packets(self, command: SendPackets) -> Reply:
+        if self.links is None:
+            return Failed("unavailable", "no_links", "this front end sends no ILP packets")
+        try:
+            return await self.links.run(command)
+        except Exception as error:  # never counted: the payment's due time resends
+            log.warning("links: packets of %s not sent: %s", command.entity_id, error)
+            return Failed("unavailable", "link_failed", str(error))

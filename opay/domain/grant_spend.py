@@ -163,13 +163,19 @@ def _within(name: str, limit: int | None, limit_asset: Asset | None, spent: int,
         )
 
 
-def release(state: GrantSpend, reservation: Reservation) -> tuple[GrantSpend, Reservation]:
-    """Give a failed payment's share back, if it still counts in the current repetition."""
+def release(state: GrantSpend, reservation: Reservation, kept_debit: int = 0, kept_receive: int = 0) -> tuple[GrantSpend, Reservation]:
+    """Give a failed payment's share back, if it still counts in the current repetition:
+    all of it, or what it did not spend (a remote payment that failed part-way keeps what
+    it sent, `kept_debit`, and what was delivered, `kept_receive`)."""
     if reservation.released:
         return state, reservation
+    kept_debit = min(max(0, kept_debit), reservation.debit)
+    kept_receive = min(max(0, kept_receive), reservation.receive)
     if reservation.window == state.window:
         state = msgspec.structs.replace(
-            state, spent_debit=state.spent_debit - reservation.debit, spent_receive=state.spent_receive - reservation.receive
+            state,
+            spent_debit=state.spent_debit - (reservation.debit - kept_debit),
+            spent_receive=state.spent_receive - (reservation.receive - kept_receive),
         )
     assert state.spent_debit >= 0 and state.spent_receive >= 0
     return state, msgspec.structs.replace(reservation, released=True)

@@ -22,6 +22,22 @@ from opay.domain.errors import Conflict, Unprocessable
 Phase = Literal["funding", "sending", "completed", "failed"]
 
 
+class RemoteDelivery(msgspec.Struct, frozen=True, kw_only=True):
+    """How a payment to a receiver on another server is delivered: one STREAM connection
+    over a peer's link. `stream` is the sender's state (opay.ilp.sender.SenderState,
+    msgpack: the domain knows no ILP), `wire` the exact bytes of the Prepares it holds in
+    flight, so a resumed payment resends them unchanged (the receiver answers an exact
+    resend with the same Fulfill and credits nothing) until they expire. `peer` is the
+    peer the quote routed to ("" : routed by the destination when sending)."""
+
+    peer: str = ""
+    stream: bytes
+    wire: tuple[bytes, ...] = ()
+    # False after a restart or a lost reply: the receiver's room (incomingAmount -
+    # receivedAmount) is read again over Open Payments before anything new is sent.
+    cap_fresh: bool = True
+
+
 class OutgoingPayment(msgspec.Struct, frozen=True, kw_only=True, tag="op"):
     id: str
     wallet_address: str
@@ -48,6 +64,9 @@ class OutgoingPayment(msgspec.Struct, frozen=True, kw_only=True, tag="op"):
     # None in snapshots written before it was kept.
     grant_spent_debit: int | None = None
     grant_spent_receive: int | None = None
+    # A receiver on another server (None: a local one, settled by a credit).
+    remote: RemoteDelivery | None = None
+    delivered: int = 0  # remote: what the receiver has (Fulfills only), in receive units
 
     @property
     def quote_id(self) -> str | None:
@@ -196,6 +215,18 @@ def delivered(payment: OutgoingPayment) -> OutgoingPayment:
 def grant_share_released(payment: OutgoingPayment) -> OutgoingPayment:
     assert payment.phase == "failed"
     return msgspec.structs.replace(payment, grant_released=True)
+
+
+def remote_progress(payment: OutgoingPayment, remote: RemoteDelivery, sent: int, delivered: int) -> OutgoingPayment:
+    """A remote payment's connection moved on: `sent` (source units, Fulfills only) grows."""
+    assert 0 <= sent <= payment.debit - payment.fee and delivered >= 0
+    return msgspec.structs.replace(payment, remote=remote, sent=sent, delivered=delivered)
+
+
+def remote_completed(payment: OutgoingPayment) -> OutgoingPayment:
+    if payment.phase != "sending":
+        return payment
+    return msgspec.structs.replace(payment, phase="completed")
 
 
 def undeliverable(payment: OutgoingPayment, reason: str) -> OutgoingPayment:

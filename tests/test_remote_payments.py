@@ -1,0 +1,247 @@
+"""Outgoing payments to receivers on another server (issue 10, item 3): the payment entity
+drives one STREAM connection over the peer link, the front end's router carrying its packets.
+
+Two real opay servers, A (test.a) and B (test.b), each with its own redis-server and Ray,
+peered both ways through POST /peers. The incoming payments are on B, made by a client of
+B through B's API. The outgoing payment is opened at A's entity level (its state written
+in A's Redis with a due time, as the payment entity holds it once opened from a remote
+quote, which is not in A's API yet): A's resolver (A's client identity, as A's front end
+resolves) reads B's incoming payment for its ILP address and shared secret, the sender
+state is made from them, and A's timer brings the payment up. From there on everything is
+A's and B's: A's shard computes the Prepares, A's router sends them to B's POST /ilp, B's
+receiver credits, A's entity accounts the Fulfills. Every amount is read back through the
+APIs: B's receivedAmount, A's payment (its snapshot), GET /peers on A and B.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from fractions import Fraction
+from pathlib import Path
+
+import httpx
+import pytest
+
+from opay.actors import ids
+from opay.actors.registry import codec
+from opay.actors.routing import shard_of
+from opay.domain.amounts import Asset
+from opay.domain.outgoing_payment import OutgoingPayment, RemoteDelivery
+from opay.ilp import sender as stream
+from opay.persistence import clients, keys
+from opay.persistence.snapshots import EntityWrite, SideEffect, SnapshotStore
+from tests.conftest import World, make_world
+from tests.ilp_support import received
+from tests.support import OpayServer
+from tests.test_remote_receivers import LOOPBACK_FETCHES, Resolver
+
+pytestmark = pytest.mark.anyio
+
+USD = Asset("USD", 2)
+A_TO_B, B_TO_A = "token-a-to-b-0123456789", "token-b-to-a-0123456789"
+SHARDS = 2  # tests/support.py OpayServer
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory):
+    root = Path(tmp_path_factory.mktemp("remote-pay"))
+    a = OpayServer(root / "a", {**LOOPBACK_FETCHES, "OPAY_ILP_ADDRESS": "test.a"})
+    b = OpayServer(root / "b", {**LOOPBACK_FETCHES, "OPAY_ILP_ADDRESS": "test.b"})
+    a.start()
+    try:
+        b.start()
+    except BaseException:
+        a.stop()
+        raise
+    try:
+        for at, name, other, out, inc, route in ((a, "b", b, A_TO_B, B_TO_A, "test.b"), (b, "a", a, B_TO_A, A_TO_B, "test.a")):
+            body = {
+                "name": name, "url": f"{other.public_url}/ilp", "outgoingToken": out, "incomingToken": inc,
+                "assetCode": "USD", "assetScale": 2, "routes": [route], "maxPacketAmount": "50",
+            }
+            created = httpx.post(f"{at.operator_url}/peers", json=body, headers=at.operator_headers, timeout=10)
+            assert created.status_code == 201, created.text
+        yield a, b
+    finally:
+        b.stop()
+        a.stop()
+
+
+@pytest.fixture
+async def at_b(servers):
+    async with httpx.AsyncClient(timeout=30) as http:
+        yield await make_world(servers[1], http)
+
+
+def totals(server: OpayServer, name: str) -> tuple[int, int]:
+    listed = httpx.get(f"{server.operator_url}/peers", headers=server.operator_headers, timeout=10)
+    assert listed.status_code == 200, listed.text
+    body = listed.json()
+    peers = body["result"] if isinstance(body, dict) and "result" in body else body
+    (peer,) = [p for p in peers if p["name"] == name]
+    return int(peer["sentAmount"]["value"]), int(peer["receivedAmount"]["value"])
+
+
+async def incoming_at_b(world: World, amount: int) -> dict:
+    created = await world.create_payment(await world.token(), incomingAmount={"value": str(amount), "assetCode": "USD", "assetScale": 2})
+    assert created.status_code == 201, created.text
+    return created.json()
+
+
+async def open_remote_payment(
+    a: OpayServer, receiver_url: str, *, receive: int | None = None, debit: int | None = None, in_flight: int = 20, expiry_ms: int = 30_000
+) -> str:
+    """An outgoing payment at A to B's incoming payment, as the payment entity holds it once
+    opened and funded: fixed delivery of `receive` (at most `debit`), or a fixed send of
+    `debit`. Returns its entity id."""
+    async with Resolver(a) as receivers:
+        found = await receivers.resolve(receiver_url)
+    config = stream.SenderConfig(packets_in_flight=in_flight, packet_expiry_ms=expiry_ms)
+    min_rate = stream.min_rate_for(Fraction(1), Fraction(1, 100))
+    if receive is not None:
+        debit = debit if debit is not None else receive
+        state = stream.fixed_delivery(found.ilp_address, found.shared_secret, receive, min_rate, max_source=debit, config=config)
+    else:
+        assert debit is not None
+        state = stream.fixed_send(found.ilp_address, found.shared_secret, debit, min_rate, config=config)
+        receive = 0
+    if found.remaining is not None:
+        state = stream.set_cap(state, found.remaining)
+    payment_id = str(uuid.uuid4())
+    entity_id = ids.OUTGOING_PAYMENT(payment_id)
+    payment = OutgoingPayment(
+        id=payment_id, wallet_address=f"{a.public_url}/sender", client=None, grant_id=f"test-grant-{payment_id}", by_quote=False,
+        receiver=receiver_url, debit_asset=USD, receive_asset=USD, debit=debit, receive=receive, fee=0,
+        created_at_ms=int(time.time() * 1000), phase="sending",
+        remote=RemoteDelivery(peer="b", stream=msgspec_encode(state)),
+    )
+    client = clients.blocking(a.redis_url, 5.0)
+    try:
+        due = SideEffect("zadd", keys.due(shard_of(entity_id, SHARDS)), int(time.time() * 1000), entity_id)
+        assert SnapshotStore(client).write_many([EntityWrite(entity_id, 0, codec.encode_state(payment), [due])]) == ["landed"]
+    finally:
+        client.close()
+    return entity_id
+
+
+def msgspec_encode(state: stream.SenderState) -> bytes:
+    import msgspec
+
+    return msgspec.msgpack.encode(state)
+
+
+def payment_at(a: OpayServer, entity_id: str) -> OutgoingPayment:
+    client = clients.blocking(a.redis_url, 5.0)
+    try:
+        raw = client.hget(keys.entity(entity_id), "s")
+    finally:
+        client.close()
+    assert raw is not None
+    state = codec.decode_state(raw)
+    assert isinstance(state, OutgoingPayment)
+    return state
+
+
+async def settled(a: OpayServer, entity_id: str, seconds: float = 90) -> OutgoingPayment:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        payment = payment_at(a, entity_id)
+        if payment.settled:
+            return payment
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"not settled: {payment}")
+
+
+async def part_way(a: OpayServer, entity_id: str, least: int, seconds: float = 30) -> OutgoingPayment:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        payment = payment_at(a, entity_id)
+        if payment.delivered >= least or payment.settled:
+            return payment
+        await asyncio.sleep(0.01)
+    raise AssertionError("no progress")
+
+
+async def test_a_pays_b_exactly_the_receive_amount(servers, at_b: World) -> None:
+    a, b = servers
+    before_a, before_b = totals(a, "b"), totals(b, "a")
+    incoming = await incoming_at_b(at_b, 1234)
+    entity_id = await open_remote_payment(a, incoming["id"], receive=1234)
+    payment = await settled(a, entity_id)
+    assert payment.phase == "completed", payment.failure
+    assert (payment.sent, payment.delivered) == (1234, 1234)
+    assert await received(at_b, incoming, await at_b.token()) == (1234, True)
+    sent_a, _ = totals(a, "b")
+    _, received_b = totals(b, "a")
+    assert sent_a - before_a[0] == 1234 == received_b - before_b[1]
+    state = msgspec_decode(payment.remote.stream)
+    assert state.packets_fulfilled >= 1234 // 50 and not payment.remote.wire
+
+
+def msgspec_decode(raw: bytes) -> stream.SenderState:
+    import msgspec
+
+    return msgspec.msgpack.decode(raw, type=stream.SenderState)
+
+
+async def test_a_fixed_send_spends_exactly_the_debit(servers, at_b: World) -> None:
+    a, b = servers
+    created = await at_b.create_payment(await at_b.token())  # no incomingAmount: Web Monetization
+    assert created.status_code == 201, created.text
+    incoming = created.json()
+    entity_id = await open_remote_payment(a, incoming["id"], debit=777)
+    payment = await settled(a, entity_id)
+    assert payment.phase == "completed", payment.failure
+    assert payment.sent == 777 == payment.delivered
+    assert (await received(at_b, incoming, await at_b.token()))[0] == 777
+
+
+async def test_delivery_stops_exactly_at_the_receivers_cap(servers, at_b: World) -> None:
+    a, b = servers
+    incoming = await incoming_at_b(at_b, 1000)
+    credited = await at_b.operator.credit(incoming["id"], "700", f"credit-{uuid.uuid4()}")
+    assert credited.status_code in (200, 201), credited.text
+    entity_id = await open_remote_payment(a, incoming["id"], receive=500)  # only 300 fit
+    payment = await settled(a, entity_id)
+    assert payment.phase == "failed" and "receiver_limit_reached" in (payment.failure or "")
+    assert (payment.sent, payment.delivered) == (300, 300)
+    assert await received(at_b, incoming, await at_b.token()) == (1000, True)
+
+
+async def test_b_stopped_mid_payment_then_restarted(servers, at_b: World) -> None:
+    a, b = servers
+    before_a, before_b = totals(a, "b"), totals(b, "a")
+    incoming = await incoming_at_b(at_b, 6000)
+    token = await at_b.token()
+    entity_id = await open_remote_payment(a, incoming["id"], receive=6000, in_flight=1)
+    first = await part_way(a, entity_id, 100)
+    assert not first.settled
+    b.stop()
+    await asyncio.sleep(2)
+    stalled = payment_at(a, entity_id)
+    assert not stalled.settled
+    b.start()
+    payment = await settled(a, entity_id)
+    assert payment.phase == "completed", payment.failure
+    assert (payment.sent, payment.delivered) == (6000, 6000)
+    assert await received(at_b, incoming, token) == (6000, True)
+    assert totals(a, "b")[0] - before_a[0] == 6000 == totals(b, "a")[1] - before_b[1]
+
+
+async def test_a_killed_mid_payment_then_restarted(servers, at_b: World) -> None:
+    a, b = servers
+    before_a, before_b = totals(a, "b"), totals(b, "a")
+    incoming = await incoming_at_b(at_b, 6000)
+    token = await at_b.token()
+    entity_id = await open_remote_payment(a, incoming["id"], receive=6000, in_flight=2)
+    first = await part_way(a, entity_id, 100)
+    assert not first.settled
+    a.kill9()
+    a.start()
+    payment = await settled(a, entity_id)
+    assert payment.phase == "completed", payment.failure
+    assert await received(at_b, incoming, token) == (6000, True)
+    assert (payment.sent, payment.delivered) == (6000, 6000)
+    assert totals(a, "b")[0] - before_a[0] == 6000 == totals(b, "a")[1] - before_b[1]
