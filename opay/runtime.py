@@ -31,6 +31,7 @@ from opay.persistence.queries import Queries
 from opay.persistence.wallet_addresses import WalletAddressStore
 from opay.pricing import Pricing
 from opay.remote.identity import ensure_client_identity
+from opay.remote.probe import RateProber
 from opay.remote.receivers import RemoteReceivers
 from opay.settings import Settings
 from opay.supervision import supervise
@@ -90,6 +91,10 @@ async def serve(settings: Settings, redis_url: str, shards: Shards, *, show_toke
         timeout_seconds=settings.introspection_timeout_seconds,
     )
     grants.on_revoke(introspector.forget)
+    # Receivers on other servers, read under that identity, and the rate probe of the path to
+    # them through a peer: what a quote for such a receiver takes (opay/http/quotes.py).
+    remote_receivers = RemoteReceivers(settings, fetcher, client_signer)
+    prober = RateProber(settings)
     router = ShardRouter(
         shards, batch_max=settings.batch_max, in_flight=settings.batches_in_flight, deadline_seconds=settings.shard_call_timeout_seconds
     )
@@ -104,6 +109,8 @@ async def serve(settings: Settings, redis_url: str, shards: Shards, *, show_toke
         mint=CredentialMint(await stream_secret(client, settings), settings.ilp_address),
         pricing=Pricing(client, http, rates_url=settings.rates_url, cache_seconds=settings.rates_cache_seconds),
         peers=(peers := PeerStore(client)),
+        remote_receivers=remote_receivers,
+        prober=prober,
     )
     # Remote payments' packets: the router puts them on the peers' links (opay/ilp/links.py).
     links = PacketLinks(
@@ -135,6 +142,7 @@ async def serve(settings: Settings, redis_url: str, shards: Shards, *, show_toke
             task.cancel()
         await asyncio.gather(*background, announce, return_exceptions=True)
         await router.close()
+        await asyncio.to_thread(prober.close)
         links.close()
         await http.aclose()
         await fetcher.aclose()

@@ -81,6 +81,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     body_max_bytes: int = 64 * 1024
     metadata_max_bytes: int = 4096  # the largest `metadata` accepted, in bytes of its JSON text (larger: 400)
     quote_validity_seconds: int = 300
+    # A quote for a receiver on another server: its STREAM rate probe through the peer ends
+    # within this (then 503 rate_probe_failed); its rate is the probe's low bound less
+    # OPAY_SLIPPAGE.
+    quote_probe_seconds: float = 5.0
     # Header the ASE's login proxy sets to the logged-in user; empty: the consent page never decides.
     consent_user_header: str = ""
     # The ASE's own consent app (gets ?grantId=&nonce=, decides via the operator API); empty: opay's page.
@@ -164,6 +168,8 @@ def from_environment(environ: dict[str, str] | None = None) -> Settings:
         slippage = Fraction(-1)
     if not 0 <= slippage < 1:
         raise ValueError("OPAY_SLIPPAGE must be a decimal in [0, 1)")
+    if not 0 < settings.quote_probe_seconds <= 60:
+        raise ValueError("OPAY_QUOTE_PROBE_SECONDS must be more than 0 and at most 60")
     from opay.net.fetch import parse_allow
 
     parse_allow(settings.fetch_allow)  # a ValueError names the entry that is not a host, IP or CIDR

@@ -127,7 +127,7 @@ async def test_only_the_client_that_quoted_sees_the_quote_unless_read_all(world)
         ({"receiveAmount": usd(101)}, 400, "invalid_amount"),
         ({"debitAmount": usd("-1")}, 400, "invalid_amount"),
         ({"method": "card"}, 400, "invalid_request"),
-        ({"receiver": "https://elsewhere.example/incoming-payments/1"}, 400, "unsupported_receiver"),
+        ({"receiver": "https://elsewhere.example/incoming-payments/1"}, 400, "invalid_receiver"),  # resolved there: no such host
         ({"receiver": "https://elsewhere.example/alice"}, 400, "invalid_receiver"),
         ({"receiver": "RECEIVER/../x"}, 400, "invalid_receiver"),
         ({"walletAddress": "https://elsewhere.example/alice"}, 400, "unknown_wallet_address"),

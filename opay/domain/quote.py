@@ -11,6 +11,36 @@ from opay.domain.amounts import UINT64_MAX, Asset
 from opay.domain.errors import Conflict, Invalid
 
 
+class Rate(msgspec.Struct, frozen=True, array_like=True):
+    """An exact positive ratio (num/den), as it is stored: never a float."""
+
+    num: int
+    den: int
+
+    @classmethod
+    def of(cls, value: Fraction) -> "Rate":
+        value = Fraction(value)
+        return cls(value.numerator, value.denominator)
+
+    @property
+    def value(self) -> Fraction:
+        return Fraction(self.num, self.den)
+
+
+class Remote(msgspec.Struct, frozen=True, kw_only=True):
+    """What paying a receiver on another server takes, fixed when it was quoted.
+
+    Units: the STREAM sender's source unit is the peer link's smallest unit; rates are
+    receiver smallest units per link smallest unit (what sender.py's machine takes)."""
+
+    peer: str  # the ILP peer whose route matched the receiver's ILP address
+    link_asset: Asset  # that peer link's asset
+    min_rate: Rate  # the least a packet may deliver per link unit: the probe's low bound x (1 - slippage)
+    rate_low: Rate  # the probe's bounds on the path's rate: [low, high)
+    rate_high: Rate
+    max_source: int  # link units the payment may spend at most: floor(principal x local rate)
+
+
 class Quote(msgspec.Struct, frozen=True, kw_only=True, tag="quote"):
     id: str
     wallet_address: str
@@ -26,6 +56,8 @@ class Quote(msgspec.Struct, frozen=True, kw_only=True, tag="quote"):
     # Backing its payment: a payment made from a quote takes the quote's id, so the quote
     # names no other (schema 1 kept that id, always its own, as `used_by`).
     used: bool = False
+    # A receiver on another server (schema 3): None for a receiver of this server.
+    remote: Remote | None = None
 
 
 def upgrade_from_schema_1(fields: dict) -> dict:
@@ -33,6 +65,11 @@ def upgrade_from_schema_1(fields: dict) -> dict:
     fields = dict(fields)
     fields["used"] = fields.pop("used_by", None) is not None
     return fields
+
+
+def upgrade_from_schema_2(fields: dict) -> dict:
+    """Schema 2 knew only local receivers: no `remote` (None)."""
+    return dict(fields)
 
 
 class Price(msgspec.Struct, frozen=True):
@@ -84,6 +121,28 @@ def price(
     if remaining is not None and delivered > remaining:
         raise Invalid("invalid_amount", "debitAmount would deliver more than the receiver still accepts", {"remaining": str(remaining)})
     return _within_uint64(Price(debit=debit, receive=delivered, fee=debit - principal))
+
+
+def remote_rates(
+    *, local: Fraction, sender: Asset, link: Asset, receiver: Asset, probed_low: Fraction, slippage: Fraction
+) -> tuple[Fraction, Fraction]:
+    """(rate, min_rate) for a receiver on another server, exact:
+    - `min_rate`, receiver units per link unit: the probe's low bound (the least the path
+      was seen to deliver) x (1 - slippage), never more than the path delivers;
+    - `rate`, receiver major units per sender major unit, for `price`: the local rate of the
+      sender's asset to the link's (1 when they are the same) times `min_rate`. `price`
+      rounds as for a local receiver (receive down, principal up)."""
+    if not 0 <= slippage < 1:
+        raise ValueError("slippage must be in [0, 1)")
+    min_rate = Fraction(probed_low) * (1 - Fraction(slippage))
+    per_unit = exchange.unit_rate(local, sender, link) * min_rate
+    return per_unit / Fraction(10) ** (receiver.scale - sender.scale), min_rate
+
+
+def max_source(principal: int, *, local: Fraction, sender: Asset, link: Asset) -> int:
+    """The link units `principal` (sender units, the debit less its fee) buys at the local
+    rate, rounded down: the payment never spends on the link more than it was paid for."""
+    return exchange.receive_for(principal, exchange.unit_rate(local, sender, link))
 
 
 def _within_uint64(priced: Price) -> Price:

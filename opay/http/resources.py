@@ -64,12 +64,18 @@ def visible(authenticated: Authenticated, resource_type: str, action: str, walle
     return principal.scope_client is None or principal.scope_client == client
 
 
+def is_local_url(s: Services, url: str) -> bool:
+    """Whether `url` is under this server's OPAY_PUBLIC_URL (else: another server's)."""
+    return url.startswith(urls.resource_server(s.settings.public_url) + "/")
+
+
 async def local_incoming_payment(s: Services, url: str) -> IncomingPayment:
-    """A receiver on this server. Others are refused clearly until remote settlement exists."""
+    """A receiver on this server; any other URL is refused (`unsupported_receiver`): a
+    caller that takes receivers on other servers resolves those (opay/remote/receivers.py)."""
     if not url.startswith(("http://", "https://")) or "/incoming-payments/" not in url:
         raise ApiError(400, "invalid_receiver", "the receiver must be an incoming payment URL")
-    if not url.startswith(urls.resource_server(s.settings.public_url) + "/"):
-        raise ApiError(400, "unsupported_receiver", "paying incoming payments on other servers is not supported yet")
+    if not is_local_url(s, url):
+        raise ApiError(400, "unsupported_receiver", "paying incoming payments on other servers is not supported here")
     payment_uuid = uuid_in_url(s, url, "incoming-payments")
     payment = None if payment_uuid is None else await s.queries.entity(ids.INCOMING_PAYMENT(payment_uuid))
     if not isinstance(payment, IncomingPayment):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import redis
 from starlette.requests import Request
@@ -21,6 +21,10 @@ from opay.persistence.queries import Queries
 from opay.persistence.wallet_addresses import WalletAddress, WalletAddressStore
 from opay.pricing import Pricing
 from opay.settings import Settings
+
+if TYPE_CHECKING:
+    from opay.remote.probe import RateProber
+    from opay.remote.receivers import RemoteReceivers
 
 R = TypeVar("R")
 
@@ -41,6 +45,8 @@ class Services:
         mint: CredentialMint,
         pricing: Pricing,
         peers: PeerStore,
+        remote_receivers: "RemoteReceivers | None" = None,
+        prober: "RateProber | None" = None,
     ) -> None:
         self.settings = settings
         self.router = router
@@ -52,6 +58,10 @@ class Services:
         self.mint = mint
         self.pricing = pricing
         self.peers = peers  # ILP peers (opay/ilp/peers.py)
+        # Receivers on other servers (opay/remote/receivers.py) and the rate probe of the
+        # path to them through a peer (opay/remote/probe.py); None: such receivers are refused.
+        self.remote_receivers = remote_receivers
+        self.prober = prober
         # path -> (wallet, monotonic time read). A wallet's asset never changes; its public
         # name and owner may (PATCH on the operator API, possibly served by another
         # process), so a hit is kept briefly and decisions on the owner read Redis instead.
