@@ -85,6 +85,15 @@ def _condition(raw: bytes) -> bytes:
     return prepare.execution_condition
 
 
+def _sent(payment: rules.OutgoingPayment, state: stream.SenderState) -> int:
+    """sentAmount (debit units) of what the connection sent (link units)."""
+    assert payment.remote is not None
+    principal = payment.debit - payment.fee
+    if payment.remote.debit_units or state.max_source == 0:
+        return min(state.sent, principal) if payment.remote.debit_units else 0
+    return principal * state.sent // state.max_source
+
+
 def _drive(payment: rules.OutgoingPayment, state: stream.SenderState, step: Step, *, resend: bool = False) -> None:
     """The connection's next move, from its state as accounted so far: settle the payment
     once the sender has an outcome and nothing is in flight; else put the next Prepares on
@@ -97,7 +106,7 @@ def _drive(payment: rules.OutgoingPayment, state: stream.SenderState, step: Step
     live = {p.condition for p in state.in_flight if p.kind != "close"}
     wire = tuple(raw for raw in remote.wire if _condition(raw) in live)
     if state.outcome is not None and not live:
-        after = rules.remote_progress(payment, msgspec.structs.replace(remote, stream=_stream_encoder.encode(state), wire=()), state.sent, state.delivered)
+        after = rules.remote_progress(payment, msgspec.structs.replace(remote, stream=_stream_encoder.encode(state), wire=()), _sent(payment, state), state.delivered)
         if state.outcome.status == "completed":
             after = rules.remote_completed(after)
             step.emit("outgoing_payment.completed", after)
@@ -116,7 +125,7 @@ def _drive(payment: rules.OutgoingPayment, state: stream.SenderState, step: Step
             return
     wire += tuple(fresh)
     remote = msgspec.structs.replace(remote, stream=_stream_encoder.encode(state), wire=wire)
-    step.state = rules.remote_progress(payment, remote, state.sent, state.delivered)
+    step.state = rules.remote_progress(payment, remote, _sent(payment, state), state.delivered)
     out = list(wire) if resend else fresh
     if out:
         step.tell(SendPackets(step.entity_id, remote.peer, out, receiver=payment.receiver))

@@ -36,6 +36,9 @@ class RemoteDelivery(msgspec.Struct, frozen=True, kw_only=True):
     # False after a restart or a lost reply: the receiver's room (incomingAmount -
     # receivedAmount) is read again over Open Payments before anything new is sent.
     cap_fresh: bool = True
+    # The link's unit is the debit asset's (the sender's sent counts as sentAmount as is);
+    # False: sentAmount is the principal's share the link units sent stand for (rounded down).
+    debit_units: bool = True
 
 
 class OutgoingPayment(msgspec.Struct, frozen=True, kw_only=True, tag="op"):

@@ -42,6 +42,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from opay.actors import ids
+from opay.actors.quotes import REMOTE_PAYMENTS
 from opay.actors.messages import BindQuote, Failed, OpenOutgoingPayment, ReadSpend, ReserveSpend, Spent, State, UnbindQuote
 from opay.auth.access import parse_limits
 from opay.clock import now_ms
@@ -55,6 +56,7 @@ from opay.http.pagination import list_resources
 from opay.http.quotes import price_quote, sender_wallet
 from opay.http.resources import authenticated, create_request, json, readable, uuid_in_url
 from opay.http.services import expected, services
+from opay.ilp.links import remote_delivery
 
 KIND = "op"
 PATH = "/outgoing-payments"
@@ -151,6 +153,14 @@ async def create(request: Request) -> Response:
         existing = await s.queries.entity(ids.OUTGOING_PAYMENT(payment_id))
         if isinstance(existing, (OutgoingPayment, Abandoned)):
             return await _created(s, rules.retried(existing, attempt, now), limits, caller.grant)
+    # A receiver on another server: read now (its ILP address, shared secret and room),
+    # before anything is bound or reserved, so an unreachable one costs nothing.
+    remote_terms = None if quote is None else quote.remote
+    found_remote = None
+    if remote_terms is not None:
+        if s.remote_receivers is None:
+            raise ApiError(400, "unsupported_receiver", "this server does not pay receivers on other servers")
+        found_remote = await s.remote_receivers.resolve(quote.receiver)
     # Whether a share of the grant is reserved for this attempt: without one, the payment
     # entity only answers a payment an earlier attempt opened, and never opens one.
     expired = quote is not None and now >= quote.expires_at_ms
@@ -165,10 +175,31 @@ async def create(request: Request) -> Response:
         terms = (quote.receiver, quote.receive_asset, quote.debit, quote.receive, quote.fee)
     else:
         receiver, priced = await price_quote(
-            s, sender=sender, receiver_url=attempt.receiver, debit=parsed.debitAmount, receive=None
+            s, sender=sender, receiver_url=attempt.receiver, debit=parsed.debitAmount, receive=None, remote=True
         )
         terms = (attempt.receiver, receiver.asset, priced.debit, priced.receive, priced.fee)
+        remote_terms, found_remote = priced.remote, receiver.remote
+        if remote_terms is not None and not REMOTE_PAYMENTS:
+            # The same gate as a remote quote's binding (opay/actors/quotes.py).
+            raise ApiError(400, "unsupported_receiver", "paying an incoming payment on another server is not supported yet")
     receiver_url, receive_asset, debit, receive, fee = terms
+    delivery = None
+    if remote_terms is not None:
+        assert found_remote is not None
+        delivery = remote_delivery(
+            ilp_address=found_remote.ilp_address,
+            shared_secret=found_remote.shared_secret,
+            remaining=found_remote.remaining,
+            peer=remote_terms.peer,
+            # From a quote: exactly its receiveAmount; incomingPayment + debitAmount: the debit, spent.
+            receive=receive if quote is not None else None,
+            max_source=remote_terms.max_source,
+            min_rate=remote_terms.min_rate.value,
+            rate_bounds=(remote_terms.rate_low.value, remote_terms.rate_high.value),
+            debit_units=remote_terms.link_asset == sender.asset,
+            packets_in_flight=s.settings.stream_packets_in_flight,
+            packet_expiry_ms=s.settings.ilp_packet_expiry_seconds * 1000,
+        )
     spent: Spent | None = None
     reserved = not expired
     if reserved:
@@ -202,6 +233,7 @@ async def create(request: Request) -> Response:
         created_at_ms=now,
         grant_spent_debit=None if spent is None else spent.debit,
         grant_spent_receive=None if spent is None else spent.receive,
+        remote=delivery,
     )
     open_payment = OpenOutgoingPayment(
         ids.OUTGOING_PAYMENT(payment_id),

@@ -15,9 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from fractions import Fraction
 from typing import Awaitable, Callable
 
+import msgspec
+
 from opay.actors.messages import LinkReplies, SendPackets
+from opay.domain.outgoing_payment import RemoteDelivery
+from opay.ilp import sender as stream
 from opay.ilp.link import LOCAL, HttpLink, local_reject
 from opay.ilp.oer import Writer
 from opay.ilp.packet import Prepare, Reject, decode_packet
@@ -26,6 +31,34 @@ from opay.ilp.peers import Peer, PeerStore
 log = logging.getLogger("opay.links")
 
 LINKS_MAX = 100  # HTTP pools kept (one per peer url and token)
+
+
+def remote_delivery(
+    *,
+    ilp_address: str,
+    shared_secret: bytes,
+    remaining: int | None,
+    peer: str,
+    receive: int | None,
+    max_source: int,
+    min_rate: Fraction,
+    rate_bounds: tuple[Fraction, Fraction] | None,
+    debit_units: bool,
+    packets_in_flight: int,
+    packet_expiry_ms: int,
+) -> RemoteDelivery:
+    """A remote payment's delivery as it opens: a fixed delivery of `receive` (a quote's
+    receiveAmount) spending at most `max_source` link units, or, without `receive`, a fixed
+    send of `max_source` (incomingPayment + debitAmount); never past the receiver's room
+    (`remaining`: incomingAmount - receivedAmount as its server answered just now)."""
+    config = stream.SenderConfig(packets_in_flight=packets_in_flight, packet_expiry_ms=packet_expiry_ms)
+    if receive is not None:
+        state = stream.fixed_delivery(ilp_address, shared_secret, receive, min_rate, max_source=max_source, rate_bounds=rate_bounds, config=config)
+    else:
+        state = stream.fixed_send(ilp_address, shared_secret, max_source, min_rate, rate_bounds=rate_bounds, config=config)
+    if remaining is not None:
+        state = stream.set_cap(state, remaining)
+    return RemoteDelivery(peer=peer, stream=msgspec.msgpack.encode(state), debit_units=debit_units)
 
 
 class PacketLinks:
