@@ -112,10 +112,9 @@ async def serve(settings: Settings, redis_url: str, shards: Shards, *, show_toke
         remote_receivers=remote_receivers,
         prober=prober,
     )
-    # Remote payments' packets: the router puts them on the peers' links (opay/ilp/links.py).
-    links = PacketLinks(
-        peers, RemoteReceivers(settings, fetcher, client_signer).resolve, pool_size=settings.stream_packets_in_flight
-    )
+    # Remote payments' packets: the router puts them on the peers' links (opay/ilp/links.py),
+    # and reads their receivers again with the same resolver (and grants) as quotes.
+    links = PacketLinks(peers, remote_receivers.resolve, pool_size=settings.stream_packets_in_flight)
     router.links = links
     servers = [
         _Server(uvicorn.Config(app, host=host, port=port, lifespan="off", access_log=False, log_level="warning", http="httptools"))

@@ -245,3 +245,34 @@ async def test_a_killed_mid_payment_then_restarted(servers, at_b: World) -> None
     assert await received(at_b, incoming, token) == (6000, True)
     assert (payment.sent, payment.delivered) == (6000, 6000)
     assert totals(a, "b")[0] - before_a[0] == 6000 == totals(b, "a")[1] - before_b[1]
+
+
+async def test_a_down_past_the_packets_expiry_never_delivers_past_the_receive_amount(servers, at_b: World) -> None:
+    """Killed with packets in flight, back only after they expired: those packets are
+    abandoned (never counted) but reserved as if delivered, so whatever B credited of them,
+    B never gets more than the receive amount from this payment, and A's budget shrinks by
+    them (never more than the debit on the link)."""
+    a, b = servers
+    before_a, before_b = totals(a, "b"), totals(b, "a")
+    incoming = await incoming_at_b(at_b, 6000)
+    token = await at_b.token()
+    entity_id = await open_remote_payment(a, incoming["id"], receive=6000, in_flight=4, expiry_ms=2_000)
+    first = await part_way(a, entity_id, 100)
+    assert not first.settled
+    a.kill9()
+    await asyncio.sleep(3)  # every packet in flight has expired
+    a.start()
+    payment = await settled(a, entity_id)
+    got, _ = await received(at_b, incoming, token)
+    remote = payment.remote
+    assert got <= 6000
+    assert payment.delivered <= got <= payment.delivered + remote.unsure_dest
+    assert payment.sent + remote.unsure_source <= 6000
+    if remote.unsure_dest == 0:
+        assert payment.phase == "completed" and got == 6000
+    else:
+        assert payment.phase == "failed" and payment.delivered + remote.unsure_dest <= 6000
+    # A counts only what was fulfilled to it; B counts what it credited.
+    assert totals(a, "b")[0] - before_a[0] == payment.sent
+    assert totals(b, "a")[1] - before_b[1] == got
+    print(f"\nabandoned {remote.unsure_dest} in flight; A delivered {payment.delivered}, B received {got}: {payment.phase} ({payment.failure})")

@@ -70,7 +70,11 @@ def _pursue(payment: rules.OutgoingPayment, step: Step) -> None:
         step.due(step.now_ms + RETRY_MS)
     elif payment.phase == "failed" and not payment.grant_released:
         # A remote payment that failed part-way keeps what it sent; the rest goes back.
-        step.tell(ReleaseSpend(ids.GRANT_SPEND(payment.grant_id), payment.id, payment.sent, payment.delivered))
+        kept_debit, kept_receive = payment.sent, payment.delivered
+        if payment.remote is not None and payment.remote.unsure_source:
+            kept_debit += _debit_of(payment, payment.remote.unsure_source)  # maybe spent: kept
+            kept_receive += payment.remote.unsure_dest
+        step.tell(ReleaseSpend(ids.GRANT_SPEND(payment.grant_id), payment.id, kept_debit, kept_receive))
         step.due(step.now_ms + RETRY_MS)
     else:
         step.not_due()
@@ -85,13 +89,24 @@ def _condition(raw: bytes) -> bytes:
     return prepare.execution_condition
 
 
+def _debit_of(payment: rules.OutgoingPayment, link_units: int, max_source: int | None = None) -> int:
+    """Debit units of `link_units` the connection spent: as is when the link's asset is the
+    debit's, else the principal's share (rounded down) of the whole budget in link units
+    (the sender's max source, plus what abandoned packets took off it)."""
+    remote = payment.remote
+    assert remote is not None
+    principal = payment.debit - payment.fee
+    if remote.debit_units:
+        return min(link_units, principal)
+    if max_source is None:
+        max_source = _stream_decoder.decode(remote.stream).max_source
+    budget = max_source + remote.unsure_source
+    return 0 if budget == 0 else min(principal, principal * link_units // budget)
+
+
 def _sent(payment: rules.OutgoingPayment, state: stream.SenderState) -> int:
     """sentAmount (debit units) of what the connection sent (link units)."""
-    assert payment.remote is not None
-    principal = payment.debit - payment.fee
-    if payment.remote.debit_units or state.max_source == 0:
-        return min(state.sent, principal) if payment.remote.debit_units else 0
-    return principal * state.sent // state.max_source
+    return _debit_of(payment, state.sent, state.max_source)
 
 
 def _drive(payment: rules.OutgoingPayment, state: stream.SenderState, step: Step, *, resend: bool = False) -> None:
@@ -144,10 +159,17 @@ def _resume_remote(payment: rules.OutgoingPayment, step: Step) -> None:
     assert payment.remote is not None
     state = _stream_decoder.decode(payment.remote.stream)
     before = len(state.in_flight)
+    lost = [p for p in state.in_flight if p.expires_at_ms <= step.now_ms and p.kind == "money"]
     state = stream.abandon_expired(state, step.now_ms)
     remote = payment.remote
     if len(state.in_flight) < before:
         remote = msgspec.structs.replace(remote, cap_fresh=False)
+    if lost:
+        # Maybe credited: reserved as spent (the budget shrinks by them) and as delivered
+        # (the cap read next leaves room for them), never counted.
+        source, dest = sum(p.amount for p in lost), sum(p.max_dest for p in lost)
+        state = msgspec.structs.replace(state, max_source=state.max_source - source)
+        remote = msgspec.structs.replace(remote, unsure_source=remote.unsure_source + source, unsure_dest=remote.unsure_dest + dest)
     payment = msgspec.structs.replace(payment, remote=remote)
     _drive(payment, state, step, resend=bool(state.in_flight))
 
@@ -177,8 +199,12 @@ def _link_answer(state_payment: rules.OutgoingPayment, answer: LinkReplies, step
             state = stream.on_reply(state, prepare, reply, step.now_ms)
     record_sent(step.effects, answer.peer, state.sent - sent_before)
     if answer.refreshed:
-        if answer.remaining is not None:
-            state = stream.set_cap(state, answer.remaining)
+        room = answer.remaining
+        if state.mode == stream.FIXED_DELIVERY and remote.unsure_dest:
+            left = max(0, state.target - state.delivered - remote.unsure_dest)
+            room = left if room is None else min(room, left)
+        if room is not None:
+            state = stream.set_cap(state, room)
         remote = msgspec.structs.replace(remote, cap_fresh=True)
     _drive(msgspec.structs.replace(payment, remote=remote), state, step)
 

@@ -39,6 +39,12 @@ class RemoteDelivery(msgspec.Struct, frozen=True, kw_only=True):
     # The link's unit is the debit asset's (the sender's sent counts as sentAmount as is);
     # False: sentAmount is the principal's share the link units sent stand for (rounded down).
     debit_units: bool = True
+    # Money packets abandoned unanswered past their expiry (a crash outlived them): the
+    # receiver may have credited them. Never counted as sent or delivered, but reserved as
+    # if they were: the connection spends and delivers that much less (link units, and
+    # receive units), so no crash makes it pay past debitAmount or deliver past receiveAmount.
+    unsure_source: int = 0
+    unsure_dest: int = 0
 
 
 class OutgoingPayment(msgspec.Struct, frozen=True, kw_only=True, tag="op"):
