@@ -276,3 +276,17 @@ async def test_a_down_past_the_packets_expiry_never_delivers_past_the_receive_am
     assert totals(a, "b")[0] - before_a[0] == payment.sent
     assert totals(b, "a")[1] - before_b[1] == got
     print(f"\nabandoned {remote.unsure_dest} in flight; A delivered {payment.delivered}, B received {got}: {payment.phase} ({payment.failure})")
+
+
+def test_a_failed_remote_payment_gives_back_only_what_it_did_not_spend() -> None:
+    from opay.domain.grant_spend import GrantSpend, Reservation, release
+
+    ledger = GrantSpend(id="g", spent_debit=1000, spent_receive=900)
+    share = Reservation(debit=600, receive=500, window=-1)
+    after, released = release(ledger, share, kept_debit=250, kept_receive=200)
+    assert (after.spent_debit, after.spent_receive) == (1000 - 350, 900 - 300) and released.released
+    assert release(after, released, 0, 0)[0] == after  # once only
+    whole, _ = release(ledger, share)  # a local failure: all of it
+    assert (whole.spent_debit, whole.spent_receive) == (400, 400)
+    clamped, _ = release(ledger, share, kept_debit=10**9, kept_receive=-5)  # never more than the share, never less than 0
+    assert (clamped.spent_debit, clamped.spent_receive) == (1000, 400)

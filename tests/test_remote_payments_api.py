@@ -75,3 +75,34 @@ async def test_web_monetization_incoming_payment_and_debit_amount(servers, world
     assert payment.phase == "completed", payment.failure
     assert payment.sent == 500
     assert (await received(at_b, incoming, await at_b.token()))[0] == payment.delivered
+
+
+async def test_cross_currency_a_eur_like_sender_pays_usd_at_b_over_a_usd_link(servers, worlds) -> None:  # noqa: F811
+    import uuid
+
+    a, b = servers
+    at_a, at_b = worlds
+    before_a, before_b = totals(a, "b"), totals(b, "a")
+    code = f"E{uuid.uuid4().hex[:5].upper()}"
+    sender = await at_a.operator.wallet_address(f"payer-{uuid.uuid4().hex[:8]}", code, 2)
+    rated = await at_a.http.put(f"{a.operator_url}/rates/{code}", json={"USD": "1.0837"}, headers=a.operator_headers)
+    assert rated.status_code == 200, rated.text
+    incoming = await incoming_at_b(at_b, 2345)
+    quoted = await at_a.client.request(
+        "POST", f"{a.public_url}/quotes", json={"method": "ilp", "walletAddress": sender["id"], "receiver": incoming["id"], "receiveAmount": usd(2345)},
+        token=await at_a.token(QUOTE_ACCESS),
+    )
+    assert quoted.status_code == 201, quoted.text
+    debit = int(quoted.json()["debitAmount"]["value"])
+    token = await at_a.outgoing_token(wallet=sender)
+    created = await at_a.client.request(
+        "POST", f"{a.public_url}/outgoing-payments", json={"walletAddress": sender["id"], "quoteId": quoted.json()["id"]}, token=token
+    )
+    assert created.status_code == 201, created.text
+    payment = await settled(a, "op:" + created.json()["id"].rsplit("/", 1)[1])
+    assert payment.phase == "completed", payment.failure
+    assert await received(at_b, incoming, await at_b.token()) == (2345, True)
+    view = (await at_a.client.request("GET", created.json()["id"], token=token)).json()
+    assert view["sentAmount"]["assetCode"] == code and 0 < int(view["sentAmount"]["value"]) <= debit
+    # The link is USD: both peers count the same USD units, what B credited.
+    assert totals(a, "b")[0] - before_a[0] == totals(b, "a")[1] - before_b[1] == 2345
