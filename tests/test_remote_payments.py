@@ -290,3 +290,81 @@ def test_a_failed_remote_payment_gives_back_only_what_it_did_not_spend() -> None
     assert (whole.spent_debit, whole.spent_receive) == (400, 400)
     clamped, _ = release(ledger, share, kept_debit=10**9, kept_receive=-5)  # never more than the share, never less than 0
     assert (clamped.spent_debit, clamped.spent_receive) == (1000, 400)
+
+
+class _LyingPeer:
+    """A real HTTP peer (a thread of the test process) that answers every Prepare with a
+    Fulfill whose fulfillment does not hash to the condition."""
+
+    def __init__(self) -> None:
+        import http.server
+        import os
+        import threading
+
+        from opay.ilp.packet import Fulfill
+
+        self.prepares = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers.get("content-length", "0")))
+                outer.prepares += 1
+                body = Fulfill(os.urandom(32)).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/octet-stream")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/ilp"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def test_a_peer_answering_a_wrong_fulfillment_is_never_counted(servers, at_b: World) -> None:
+    import os
+
+    import msgspec
+
+    a, _ = servers
+    liar = _LyingPeer()
+    try:
+        name = f"liar-{uuid.uuid4().hex[:6]}"
+        body = {
+            "name": name, "url": liar.url, "outgoingToken": f"out-{name}", "incomingToken": f"in-{name}-secret",
+            "assetCode": "USD", "assetScale": 2, "routes": [f"test.{name}"],
+        }
+        created = httpx.post(f"{a.operator_url}/peers", json=body, headers=a.operator_headers, timeout=10)
+        assert created.status_code == 201, created.text
+        before = totals(a, name)
+        state = stream.fixed_delivery(
+            f"test.{name}.bob", os.urandom(32), 500, Fraction(99, 100), max_source=500, rate_bounds=(Fraction(1), Fraction(101, 100))
+        )
+        payment_id = str(uuid.uuid4())
+        entity_id = ids.OUTGOING_PAYMENT(payment_id)
+        payment = OutgoingPayment(
+            id=payment_id, wallet_address=f"{a.public_url}/sender", client=None, grant_id=f"test-grant-{payment_id}", by_quote=False,
+            receiver=f"{a.public_url}/incoming-payments/{uuid.uuid4()}", debit_asset=USD, receive_asset=USD, debit=500, receive=500, fee=0,
+            created_at_ms=int(time.time() * 1000), phase="sending", remote=RemoteDelivery(peer=name, stream=msgspec.msgpack.encode(state)),
+        )
+        client = clients.blocking(a.redis_url, 5.0)
+        try:
+            due = SideEffect("zadd", keys.due(shard_of(entity_id, SHARDS)), int(time.time() * 1000), entity_id)
+            assert SnapshotStore(client).write_many([EntityWrite(entity_id, 0, codec.encode_state(payment), [due])]) == ["landed"]
+        finally:
+            client.close()
+        done = await settled(a, entity_id, 30)
+        assert done.phase == "failed" and "invalid_fulfillment" in (done.failure or ""), done.failure
+        assert (done.sent, done.delivered) == (0, 0) and liar.prepares >= 1
+        assert totals(a, name) == before  # nothing counted as sent to the liar
+    finally:
+        liar.close()
