@@ -368,3 +368,28 @@ async def test_a_peer_answering_a_wrong_fulfillment_is_never_counted(servers, at
         assert totals(a, name) == before  # nothing counted as sent to the liar
     finally:
         liar.close()
+
+
+async def test_an_unroutable_destination_fails_f02_and_spends_nothing(servers) -> None:
+    import os
+
+    import msgspec
+
+    a, _ = servers
+    state = stream.fixed_delivery("test.nowhere.bob", os.urandom(32), 100, Fraction(99, 100), max_source=100, rate_bounds=(Fraction(1), Fraction(101, 100)))
+    payment_id = str(uuid.uuid4())
+    entity_id = ids.OUTGOING_PAYMENT(payment_id)
+    payment = OutgoingPayment(
+        id=payment_id, wallet_address=f"{a.public_url}/sender", client=None, grant_id=f"test-grant-{payment_id}", by_quote=False,
+        receiver=f"{a.public_url}/incoming-payments/{uuid.uuid4()}", debit_asset=USD, receive_asset=USD, debit=100, receive=100, fee=0,
+        created_at_ms=int(time.time() * 1000), phase="sending", remote=RemoteDelivery(peer="", stream=msgspec.msgpack.encode(state)),
+    )
+    client = clients.blocking(a.redis_url, 5.0)
+    try:
+        due = SideEffect("zadd", keys.due(shard_of(entity_id, SHARDS)), int(time.time() * 1000), entity_id)
+        assert SnapshotStore(client).write_many([EntityWrite(entity_id, 0, codec.encode_state(payment), [due])]) == ["landed"]
+    finally:
+        client.close()
+    done = await settled(a, entity_id, 30)
+    assert done.phase == "failed" and "connector_error" in (done.failure or "") and "F02" in (done.failure or ""), done.failure
+    assert (done.sent, done.delivered) == (0, 0)
