@@ -2,8 +2,7 @@
 incoming payment at A, gets an interactive outgoing-payment grant at A (approved through
 A's operator API) and pays from the quote; and the Web Monetization case (incomingPayment
 on B + debitAmount at A, no quote). Two real opay servers peered both ways
-(tests/test_remote_payments.py). Runs once remote quotes may back payments
-(opay/actors/quotes.py REMOTE_PAYMENTS).
+(tests/test_remote_payments.py).
 """
 
 from __future__ import annotations
@@ -11,12 +10,11 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from opay.actors.quotes import REMOTE_PAYMENTS
-from tests.conftest import World, make_world
+from tests.conftest import make_world
 from tests.ilp_support import received
-from tests.test_remote_payments import incoming_at_b, payment_at, servers, settled, totals  # noqa: F401  (servers: a fixture)
+from tests.test_remote_payments import incoming_at_b, servers, settled, totals  # noqa: F401  (servers: a fixture)
 
-pytestmark = [pytest.mark.anyio, pytest.mark.skipif(not REMOTE_PAYMENTS, reason="remote quotes do not back payments yet")]
+pytestmark = pytest.mark.anyio
 
 QUOTE_ACCESS = [{"type": "quote", "actions": ["create", "read"]}]
 

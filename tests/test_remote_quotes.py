@@ -17,11 +17,10 @@ import uuid
 from fractions import Fraction
 from pathlib import Path
 
-import anyio
 import httpx
 import pytest
 
-from opay.actors import ids, quotes, registry
+from opay.actors import ids, registry
 from opay.domain import exchange, quote as rules
 from opay.domain.amounts import Asset
 from opay.domain.times import format_ms
@@ -210,36 +209,6 @@ async def test_quote_expiry_is_bounded_by_the_remote_receivers_expiry(servers, w
     assert answer.status_code == 201, answer.text
     assert answer.json()["expiresAt"] == payment["expiresAt"]
 
-
-@pytest.mark.skipif(quotes.REMOTE_PAYMENTS, reason="payments from remote quotes are made: tests/test_remote_payments.py")
-async def test_no_payment_is_acknowledged_from_a_remote_quote_until_it_is_settled(servers, worlds) -> None:
-    at_a, at_b = worlds
-    payment = await on_b(at_b, incomingAmount=usd(300))
-    quoted = await quote_at_a(at_a, await at_a.token(QUOTE_ACCESS), walletAddress=at_a.receiver["id"], receiver=payment["id"], receiveAmount=usd(300))
-    assert quoted.status_code == 201, quoted.text
-    token = await at_a.outgoing_token()
-    url = f"{at_a.server.public_url}/outgoing-payments"
-    by_quote = await at_a.client.request("POST", url, json={"walletAddress": at_a.receiver["id"], "quoteId": quoted.json()["id"]}, token=token)
-    assert by_quote.status_code == 400 and by_quote.json()["error"]["code"] == "unsupported_receiver", by_quote.text
-    # Nothing was bound or spent: the quote is unused and the grant has spent nothing.
-    assert (await stored_quote(at_a.server, quoted.json()["id"])).used is False
-    spent = await at_a.client.request("GET", f"{at_a.server.public_url}/outgoing-payment-grant", token=token)
-    assert spent.status_code == 200, spent.text
-    assert all(v is None or v["value"] == "0" for v in spent.json().values()), spent.text
-    # Without a quote (incomingPayment + debitAmount): refused the same way, unless the
-    # outgoing payments route delivers it (price_quote(remote=True)); then it is settled.
-    quote_less = await at_a.client.request(
-        "POST", url, json={"walletAddress": at_a.receiver["id"], "incomingPayment": payment["id"], "debitAmount": usd(10)}, token=token
-    )
-    if quote_less.status_code == 400:
-        assert quote_less.json()["error"]["code"] == "unsupported_receiver", quote_less.text
-    else:
-        assert quote_less.status_code == 201, quote_less.text
-        read = await at_b.token()
-        deadline = time.monotonic() + 30
-        while (await at_b.client.request("GET", payment["id"], token=read)).json()["receivedAmount"]["value"] == "0":
-            assert time.monotonic() < deadline, "a 201 for a payment to B that B never received"
-            await anyio.sleep(0.2)
 
 
 async def test_invalid_and_unroutable_receivers(servers, worlds) -> None:

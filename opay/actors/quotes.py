@@ -18,13 +18,6 @@ def open_quote(command: OpenQuote, state: rules.Quote | None, step: Step) -> Non
     step.reply = State(command.quote)
 
 
-# Whether an outgoing payment may be made from a quote for a receiver on another server.
-# Not yet: the outgoing payment entity does not drive the STREAM sender (opay/ilp/sender.py)
-# yet, so such a payment would be acknowledged (201) and never settled. Its binding is
-# refused (nothing is reserved, the quote stays unused) until that wiring lands with it:
-# the commit that makes http/outgoing_payments.py deliver remote quotes sets this True.
-REMOTE_PAYMENTS = False
-
 
 def bind(command: BindQuote, state: rules.Quote | None, step: Step) -> None:
     if state is None:
@@ -32,13 +25,6 @@ def bind(command: BindQuote, state: rules.Quote | None, step: Step) -> None:
         return
     if state.wallet_address != command.wallet_address:
         step.reply = Failed("invalid", "invalid_quote", "the quote belongs to another wallet address")
-        return
-    if state.remote is not None and not REMOTE_PAYMENTS:
-        step.reply = Failed(
-            "invalid",
-            "unsupported_receiver",
-            "paying an incoming payment on another server is not supported yet: the quote stands, but no payment is made from it",
-        )
         return
     try:
         step.state = rules.use(state, command.payment_id, step.now_ms)

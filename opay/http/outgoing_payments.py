@@ -42,7 +42,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from opay.actors import ids
-from opay.actors.quotes import REMOTE_PAYMENTS
 from opay.actors.messages import BindQuote, Failed, OpenOutgoingPayment, ReadSpend, ReserveSpend, Spent, State, UnbindQuote
 from opay.auth.access import parse_limits
 from opay.clock import now_ms
@@ -179,9 +178,6 @@ async def create(request: Request) -> Response:
         )
         terms = (attempt.receiver, receiver.asset, priced.debit, priced.receive, priced.fee)
         remote_terms, found_remote = priced.remote, receiver.remote
-        if remote_terms is not None and not REMOTE_PAYMENTS:
-            # The same gate as a remote quote's binding (opay/actors/quotes.py).
-            raise ApiError(400, "unsupported_receiver", "paying an incoming payment on another server is not supported yet")
     receiver_url, receive_asset, debit, receive, fee = terms
     delivery = None
     if remote_terms is not None:
