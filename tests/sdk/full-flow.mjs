@@ -14,13 +14,9 @@
 // {"step": ..., "ok": false, "error": ...} and exits 1. Nothing is mocked.
 
 import assert from 'node:assert/strict'
-import { createHash, createPrivateKey, randomBytes } from 'node:crypto'
-import {
-  createAuthenticatedClient,
-  isFinalizedGrantWithAccessToken,
-  isPendingGrant
-} from '@interledger/open-payments'
-import { expectClientError, readConfig, report, run, step } from './lib.mjs'
+import { randomBytes } from 'node:crypto'
+import { isFinalizedGrantWithAccessToken, isPendingGrant } from '@interledger/open-payments'
+import { amountOf, authenticatedClient, consent, expectClientError, formatAmount, interactionHash, poll, readConfig, report, run, step } from './lib.mjs'
 
 const config = readConfig([
   'receiverWalletAddress',
@@ -35,82 +31,10 @@ const config = readConfig([
 const LOGGED_IN = { [config.consentUserHeader]: config.consentUser }
 
 const FINISH_URI = 'http://127.0.0.1:1/callback'
-const POLL_TIMEOUT_MS = 20000
-
-async function poll(what, read, done) {
-  const deadline = Date.now() + POLL_TIMEOUT_MS
-  let last
-  for (;;) {
-    last = await read()
-    if (done(last)) return last
-    if (Date.now() > deadline) throw new Error(`${what}: not done after ${POLL_TIMEOUT_MS} ms; last seen ${JSON.stringify(last)}`)
-    await new Promise((resolve) => setTimeout(resolve, 100))
-  }
-}
-
-function amountOf(value, wallet) {
-  return { value: String(value), assetCode: wallet.assetCode, assetScale: wallet.assetScale }
-}
-
-// "1234" with scale 2 is "12.34 USD", as the consent page writes amounts.
-function formatAmount(amount) {
-  const value = BigInt(amount.value)
-  const scale = BigInt(amount.assetScale)
-  const group = (n) => n.toString().replace(/\B(?=(\d{3})+(?!\d))/g, ',')
-  if (scale === 0n) return `${group(value)} ${amount.assetCode}`
-  const unit = 10n ** scale
-  return `${group(value / unit)}.${(value % unit).toString().padStart(amount.assetScale, '0')} ${amount.assetCode}`
-}
-
-function interactionHash(clientNonce, asNonce, interactRef, grantEndpoint) {
-  return createHash('sha256').update(`${clientNonce}\n${asNonce}\n${interactRef}\n${grantEndpoint}`).digest('base64url')
-}
-
-function unescapeHtml(text) {
-  return text.replaceAll('&quot;', '"').replaceAll('&#x27;', "'").replaceAll('&lt;', '<').replaceAll('&gt;', '>').replaceAll('&amp;', '&')
-}
-
-// The consent page as the owner's browser would get it through the login proxy: no signature, no token.
-async function consentPage(redirect) {
-  const response = await fetch(redirect, { redirect: 'manual', headers: LOGGED_IN })
-  assert.equal(response.status, 200, `consent page answered ${response.status}`)
-  assert.match(response.headers.get('content-type') ?? '', /^text\/html/)
-  const html = await response.text()
-  const actions = {}
-  for (const [, action] of html.matchAll(/<form[^>]*action="([^"]+)"/g)) {
-    const url = unescapeHtml(action)
-    actions[url.slice(url.lastIndexOf('/') + 1)] = url
-  }
-  assert.ok(actions.approve && actions.deny, `the page offers approve and deny forms: ${JSON.stringify(actions)}`)
-  return { html, actions }
-}
-
-// Submitting a form: the decision answers 302 to the client's finish URI, which we read but never follow.
-async function decide(action, decision) {
-  const response = await fetch(action, {
-    method: 'POST',
-    redirect: 'manual',
-    headers: { 'content-type': 'application/x-www-form-urlencoded', ...LOGGED_IN },
-    body: `decision=${decision}`
-  })
-  assert.equal(response.status, 302, `${decision} answered ${response.status}: ${await response.text()}`)
-  const location = response.headers.get('location')
-  assert.ok(location, 'the decision redirects somewhere')
-  const url = new URL(location)
-  assert.equal(`${url.origin}${url.pathname}`, FINISH_URI, `redirected to the finish URI, got ${location}`)
-  return url
-}
+const { page: consentPage, decide } = consent(LOGGED_IN, FINISH_URI)
 
 async function main() {
-  const privateKey = createPrivateKey(config.privateKeyPem)
-  const client = await createAuthenticatedClient({
-    walletAddressUrl: config.clientWalletAddress,
-    keyId: config.keyId,
-    privateKey,
-    validateResponses: true,
-    useHttp: true,
-    requestTimeoutMs: 20000
-  })
+  const client = await authenticatedClient(config)
 
   let receiver, sender
   await step('walletAddress.get', async () => {
