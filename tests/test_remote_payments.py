@@ -292,25 +292,26 @@ def test_a_failed_remote_payment_gives_back_only_what_it_did_not_spend() -> None
     assert (clamped.spent_debit, clamped.spent_receive) == (1000, 400)
 
 
-class _LyingPeer:
-    """A real HTTP peer (a thread of the test process) that answers every Prepare with a
-    Fulfill whose fulfillment does not hash to the condition."""
+class _FakePeer:
+    """A real HTTP peer (a thread of the test process) that answers every Prepare with what
+    `reply()` gives, or, when it gives None, never answers (holds the request until closed)."""
 
-    def __init__(self) -> None:
+    def __init__(self, reply) -> None:
         import http.server
-        import os
         import threading
 
-        from opay.ilp.packet import Fulfill
-
         self.prepares = 0
+        self.closing = threading.Event()
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 self.rfile.read(int(self.headers.get("content-length", "0")))
                 outer.prepares += 1
-                body = Fulfill(os.urandom(32)).encode()
+                body = reply()
+                if body is None:
+                    outer.closing.wait(120)
+                    return
                 self.send_response(200)
                 self.send_header("content-type", "application/octet-stream")
                 self.send_header("content-length", str(len(body)))
@@ -326,63 +327,43 @@ class _LyingPeer:
         self.thread.start()
 
     def close(self) -> None:
+        self.closing.set()
         self.server.shutdown()
         self.server.server_close()
 
 
-async def test_a_peer_answering_a_wrong_fulfillment_is_never_counted(servers, at_b: World) -> None:
+def _lying_peer() -> _FakePeer:
+    """Every Prepare answered with a Fulfill whose fulfillment does not hash to the condition."""
     import os
 
+    from opay.ilp.packet import Fulfill
+
+    return _FakePeer(lambda: Fulfill(os.urandom(32)).encode())
+
+
+def add_peer(a: OpayServer, url: str) -> str:
+    """A peer of A at `url`, routing test.<its name>; returns the name."""
+    name = f"peer-{uuid.uuid4().hex[:6]}"
+    body = {
+        "name": name, "url": url, "outgoingToken": f"out-{name}", "incomingToken": f"in-{name}-secret",
+        "assetCode": "USD", "assetScale": 2, "routes": [f"test.{name}"],
+    }
+    created = httpx.post(f"{a.operator_url}/peers", json=body, headers=a.operator_headers, timeout=10)
+    assert created.status_code == 201, created.text
+    return name
+
+
+def open_stream_payment(a: OpayServer, state: stream.SenderState, peer: str, amount: int) -> str:
+    """An outgoing payment at A of `amount` (debit and receive) delivered by `state` through
+    `peer`, as the entity holds it once opened; due now. Returns its entity id."""
     import msgspec
 
-    a, _ = servers
-    liar = _LyingPeer()
-    try:
-        name = f"liar-{uuid.uuid4().hex[:6]}"
-        body = {
-            "name": name, "url": liar.url, "outgoingToken": f"out-{name}", "incomingToken": f"in-{name}-secret",
-            "assetCode": "USD", "assetScale": 2, "routes": [f"test.{name}"],
-        }
-        created = httpx.post(f"{a.operator_url}/peers", json=body, headers=a.operator_headers, timeout=10)
-        assert created.status_code == 201, created.text
-        before = totals(a, name)
-        state = stream.fixed_delivery(
-            f"test.{name}.bob", os.urandom(32), 500, Fraction(99, 100), max_source=500, rate_bounds=(Fraction(1), Fraction(101, 100))
-        )
-        payment_id = str(uuid.uuid4())
-        entity_id = ids.OUTGOING_PAYMENT(payment_id)
-        payment = OutgoingPayment(
-            id=payment_id, wallet_address=f"{a.public_url}/sender", client=None, grant_id=f"test-grant-{payment_id}", by_quote=False,
-            receiver=f"{a.public_url}/incoming-payments/{uuid.uuid4()}", debit_asset=USD, receive_asset=USD, debit=500, receive=500, fee=0,
-            created_at_ms=int(time.time() * 1000), phase="sending", remote=RemoteDelivery(peer=name, stream=msgspec.msgpack.encode(state)),
-        )
-        client = clients.blocking(a.redis_url, 5.0)
-        try:
-            due = SideEffect("zadd", keys.due(shard_of(entity_id, SHARDS)), int(time.time() * 1000), entity_id)
-            assert SnapshotStore(client).write_many([EntityWrite(entity_id, 0, codec.encode_state(payment), [due])]) == ["landed"]
-        finally:
-            client.close()
-        done = await settled(a, entity_id, 30)
-        assert done.phase == "failed" and "invalid_fulfillment" in (done.failure or ""), done.failure
-        assert (done.sent, done.delivered) == (0, 0) and liar.prepares >= 1
-        assert totals(a, name) == before  # nothing counted as sent to the liar
-    finally:
-        liar.close()
-
-
-async def test_an_unroutable_destination_fails_f02_and_spends_nothing(servers) -> None:
-    import os
-
-    import msgspec
-
-    a, _ = servers
-    state = stream.fixed_delivery("test.nowhere.bob", os.urandom(32), 100, Fraction(99, 100), max_source=100, rate_bounds=(Fraction(1), Fraction(101, 100)))
     payment_id = str(uuid.uuid4())
     entity_id = ids.OUTGOING_PAYMENT(payment_id)
     payment = OutgoingPayment(
         id=payment_id, wallet_address=f"{a.public_url}/sender", client=None, grant_id=f"test-grant-{payment_id}", by_quote=False,
-        receiver=f"{a.public_url}/incoming-payments/{uuid.uuid4()}", debit_asset=USD, receive_asset=USD, debit=100, receive=100, fee=0,
-        created_at_ms=int(time.time() * 1000), phase="sending", remote=RemoteDelivery(peer="", stream=msgspec.msgpack.encode(state)),
+        receiver=f"{a.public_url}/incoming-payments/{uuid.uuid4()}", debit_asset=USD, receive_asset=USD, debit=amount, receive=amount, fee=0,
+        created_at_ms=int(time.time() * 1000), phase="sending", remote=RemoteDelivery(peer=peer, stream=msgspec.msgpack.encode(state)),
     )
     client = clients.blocking(a.redis_url, 5.0)
     try:
@@ -390,6 +371,66 @@ async def test_an_unroutable_destination_fails_f02_and_spends_nothing(servers) -
         assert SnapshotStore(client).write_many([EntityWrite(entity_id, 0, codec.encode_state(payment), [due])]) == ["landed"]
     finally:
         client.close()
+    return entity_id
+
+
+async def test_a_peer_answering_a_wrong_fulfillment_is_never_counted(servers, at_b: World) -> None:
+    import os
+
+    a, _ = servers
+    liar = _lying_peer()
+    try:
+        name = add_peer(a, liar.url)
+        before = totals(a, name)
+        state = stream.fixed_delivery(
+            f"test.{name}.bob", os.urandom(32), 500, Fraction(99, 100), max_source=500, rate_bounds=(Fraction(1), Fraction(101, 100))
+        )
+        done = await settled(a, open_stream_payment(a, state, name, 500), 30)
+        assert done.phase == "failed" and "invalid_fulfillment" in (done.failure or ""), done.failure
+        assert (done.sent, done.delivered) == (0, 0) and liar.prepares >= 1
+        assert totals(a, name) == before  # nothing counted as sent to the liar
+    finally:
+        liar.close()
+
+
+async def test_a_peer_that_never_answers_is_retried_a_bounded_number_of_times(servers) -> None:
+    """Every Prepare to the peer times out at its expiry (a local T00, never counted): the
+    sender retries with backoff, and after max_failures packets in a row without progress
+    the payment fails with the reason; nothing is sent, nothing is counted for the peer."""
+    import os
+
+    a, _ = servers
+    silent = _FakePeer(lambda: None)
+    try:
+        name = add_peer(a, silent.url)
+        before = totals(a, name)
+        config = stream.SenderConfig(packets_in_flight=1, packet_expiry_ms=1_000, backoff_base_ms=100, backoff_max_ms=400, max_failures=4)
+        state = stream.fixed_delivery(
+            f"test.{name}.bob", os.urandom(32), 300, Fraction(99, 100), max_source=300, rate_bounds=(Fraction(1), Fraction(101, 100)), config=config
+        )
+        started = time.monotonic()
+        done = await settled(a, open_stream_payment(a, state, name, 300), 60)
+        took = time.monotonic() - started
+        assert done.phase == "failed" and "too_many_failures" in (done.failure or ""), done.failure
+        assert "T00" in (done.failure or "") or "R00" in (done.failure or ""), done.failure
+        assert (done.sent, done.delivered) == (0, 0)
+        assert 4 <= silent.prepares <= 8, silent.prepares  # retried, and bounded: max_failures, not forever
+        assert took < 30, took
+        assert totals(a, name) == before  # nothing counted as sent to the silent peer
+        tried = silent.prepares
+        await asyncio.sleep(2)
+        assert silent.prepares == tried, "a failed payment sends nothing more"
+        print(f"\n{tried} Prepares to a silent peer in {took:.1f} s, then: {done.failure}")
+    finally:
+        silent.close()
+
+
+async def test_an_unroutable_destination_fails_f02_and_spends_nothing(servers) -> None:
+    import os
+
+    a, _ = servers
+    state = stream.fixed_delivery("test.nowhere.bob", os.urandom(32), 100, Fraction(99, 100), max_source=100, rate_bounds=(Fraction(1), Fraction(101, 100)))
+    entity_id = open_stream_payment(a, state, "", 100)
     done = await settled(a, entity_id, 30)
     assert done.phase == "failed" and "connector_error" in (done.failure or "") and "F02" in (done.failure or ""), done.failure
     assert (done.sent, done.delivered) == (0, 0)
