@@ -9,7 +9,9 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 
@@ -166,3 +168,39 @@ class OpayServer:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
         self.process = None
+
+
+# Two servers that fetch from each other on loopback (each its own Redis and Ray).
+LOOPBACK_FETCHES = {"OPAY_ALLOW_INSECURE_FETCH": "true", "OPAY_FETCH_ALLOW": "127.0.0.1"}
+A_TO_B, B_TO_A = "token-a-to-b-0123456789", "token-b-to-a-0123456789"
+
+
+def peer_body(name: str, url: str, outgoing: str, incoming: str, routes: list[str], max_packet: str | None = None) -> dict:
+    body = {"name": name, "url": url, "outgoingToken": outgoing, "incomingToken": incoming, "assetCode": "USD", "assetScale": 2, "routes": routes}
+    if max_packet is not None:
+        body["maxPacketAmount"] = max_packet
+    return body
+
+
+@contextmanager
+def two_servers(root: Path, *, peered: bool = True, max_packet: str | None = None) -> Iterator[tuple[OpayServer, OpayServer]]:
+    """A (test.a) and B (test.b), started, and when `peered`, peered both ways over a USD
+    link (A presents A_TO_B to B, B presents B_TO_A to A); both stopped on the way out."""
+    a = OpayServer(root / "a", {**LOOPBACK_FETCHES, "OPAY_ILP_ADDRESS": "test.a"})
+    b = OpayServer(root / "b", {**LOOPBACK_FETCHES, "OPAY_ILP_ADDRESS": "test.b"})
+    a.start()
+    try:
+        b.start()
+    except BaseException:
+        a.stop()
+        raise
+    try:
+        if peered:
+            for at, name, other, out, inc, route in ((a, "b", b, A_TO_B, B_TO_A, "test.b"), (b, "a", a, B_TO_A, A_TO_B, "test.a")):
+                body = peer_body(name, f"{other.public_url}/ilp", out, inc, [route], max_packet)
+                created = httpx.post(f"{at.operator_url}/peers", json=body, headers=at.operator_headers, timeout=30)
+                assert created.status_code == 201, created.text
+        yield a, b
+    finally:
+        b.stop()
+        a.stop()

@@ -34,39 +34,19 @@ from opay.persistence import clients, keys
 from opay.persistence.snapshots import EntityWrite, SideEffect, SnapshotStore
 from tests.conftest import World, make_world
 from tests.ilp_support import received
-from tests.support import OpayServer
-from tests.test_remote_receivers import LOOPBACK_FETCHES, Resolver
+from tests.support import OpayServer, two_servers
+from tests.test_remote_receivers import Resolver
 
 pytestmark = pytest.mark.anyio
 
 USD = Asset("USD", 2)
-A_TO_B, B_TO_A = "token-a-to-b-0123456789", "token-b-to-a-0123456789"
 SHARDS = 2  # tests/support.py OpayServer
 
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory):
-    root = Path(tmp_path_factory.mktemp("remote-pay"))
-    a = OpayServer(root / "a", {**LOOPBACK_FETCHES, "OPAY_ILP_ADDRESS": "test.a"})
-    b = OpayServer(root / "b", {**LOOPBACK_FETCHES, "OPAY_ILP_ADDRESS": "test.b"})
-    a.start()
-    try:
-        b.start()
-    except BaseException:
-        a.stop()
-        raise
-    try:
-        for at, name, other, out, inc, route in ((a, "b", b, A_TO_B, B_TO_A, "test.b"), (b, "a", a, B_TO_A, A_TO_B, "test.a")):
-            body = {
-                "name": name, "url": f"{other.public_url}/ilp", "outgoingToken": out, "incomingToken": inc,
-                "assetCode": "USD", "assetScale": 2, "routes": [route], "maxPacketAmount": "50",
-            }
-            created = httpx.post(f"{at.operator_url}/peers", json=body, headers=at.operator_headers, timeout=10)
-            assert created.status_code == 201, created.text
-        yield a, b
-    finally:
-        b.stop()
-        a.stop()
+    with two_servers(Path(tmp_path_factory.mktemp("remote-pay")), max_packet="50") as pair:
+        yield pair
 
 
 @pytest.fixture

@@ -27,14 +27,11 @@ from opay.domain.times import format_ms
 from opay.persistence import clients
 from opay.persistence.queries import Queries
 from tests.conftest import World, make_world
-from tests.support import OpayServer
+from tests.support import A_TO_B, B_TO_A, OpayServer, peer_body, two_servers
 
 pytestmark = pytest.mark.anyio
 
-LOOPBACK_FETCHES = {"OPAY_ALLOW_INSECURE_FETCH": "true", "OPAY_FETCH_ALLOW": "127.0.0.1"}
 QUOTE_ACCESS = [{"type": "quote", "actions": ["create", "read"]}]
-A_TO_B = "token-a-presents-to-b"
-B_TO_A = "token-b-presents-to-a"
 SLIPPAGE = Fraction(1, 100)
 USD = Asset("USD", 2)
 
@@ -43,33 +40,10 @@ def usd(value: int) -> dict:
     return {"value": str(value), "assetCode": "USD", "assetScale": 2}
 
 
-def peer_body(name: str, url: str, outgoing: str, incoming: str, routes: list[str]) -> dict:
-    return {"name": name, "url": url, "outgoingToken": outgoing, "incomingToken": incoming, "assetCode": "USD", "assetScale": 2, "routes": routes}
-
-
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory):
-    root = Path(tmp_path_factory.mktemp("remote-quotes"))
-    a = OpayServer(root / "a", {**LOOPBACK_FETCHES, "OPAY_ILP_ADDRESS": "test.a"})
-    b = OpayServer(root / "b", {**LOOPBACK_FETCHES, "OPAY_ILP_ADDRESS": "test.b"})
-    a.start()
-    try:
-        b.start()
-    except BaseException:
-        a.stop()
-        raise
-    try:
-        with httpx.Client(timeout=30) as http:
-            for at, name, url, outgoing, incoming, route in (
-                (a, "b", f"{b.public_url}/ilp", A_TO_B, B_TO_A, "test.b"),
-                (b, "a", f"{a.public_url}/ilp", B_TO_A, A_TO_B, "test.a"),
-            ):
-                made = http.post(f"{at.operator_url}/peers", json=peer_body(name, url, outgoing, incoming, [route]), headers=at.operator_headers)
-                assert made.status_code == 201, made.text
-        yield a, b
-    finally:
-        b.stop()
-        a.stop()
+    with two_servers(Path(tmp_path_factory.mktemp("remote-quotes"))) as pair:
+        yield pair
 
 
 @pytest.fixture

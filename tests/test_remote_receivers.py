@@ -29,27 +29,16 @@ from opay.remote.identity import ensure_client_identity
 from opay.remote.receivers import ReceiverError, RemoteReceivers
 from opay.settings import Settings, from_environment
 from tests.conftest import World, make_world
-from tests.support import OpayServer, free_port
+from tests.support import OpayServer, free_port, two_servers
 
 pytestmark = pytest.mark.anyio
 
-LOOPBACK_FETCHES = {"OPAY_ALLOW_INSECURE_FETCH": "true", "OPAY_FETCH_ALLOW": "127.0.0.1"}
 
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory):
-    root = Path(tmp_path_factory.mktemp("remote"))
-    a = OpayServer(root / "a", {**LOOPBACK_FETCHES, "OPAY_ILP_ADDRESS": "test.a"})
-    b = OpayServer(root / "b", {**LOOPBACK_FETCHES, "OPAY_ILP_ADDRESS": "test.b"})
-    a.start()
-    try:
-        b.start()
-    except BaseException:
-        a.stop()
-        raise
-    yield a, b
-    b.stop()
-    a.stop()
+    with two_servers(Path(tmp_path_factory.mktemp("remote")), peered=False) as pair:
+        yield pair
 
 
 class Resolver:
