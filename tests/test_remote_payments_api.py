@@ -104,3 +104,26 @@ async def test_cross_currency_a_eur_like_sender_pays_usd_at_b_over_a_usd_link(se
     assert view["sentAmount"]["assetCode"] == code and 0 < int(view["sentAmount"]["value"]) <= debit
     # The link is USD: both peers count the same USD units, what B credited.
     assert totals(a, "b")[0] - before_a[0] == totals(b, "a")[1] - before_b[1] == 2345
+
+
+async def test_a_remote_payment_acknowledged_201_survives_a_kill_of_its_server(servers, worlds) -> None:  # noqa: F811
+    """201 means stored and delivery started: A is killed (kill -9, its Redis and Ray with
+    it) right after the 201 and restarted; the payment completes, B gets the amount once."""
+    a, b = servers
+    at_a, at_b = worlds
+    incoming = await incoming_at_b(at_b, 4321)
+    quoted = await at_a.client.request(
+        "POST", f"{a.public_url}/quotes", json={"method": "ilp", "walletAddress": at_a.receiver["id"], "receiver": incoming["id"], "receiveAmount": usd(4321)},
+        token=await at_a.token(QUOTE_ACCESS),
+    )
+    assert quoted.status_code == 201, quoted.text
+    token = await at_a.outgoing_token()
+    created = await at_a.client.request(
+        "POST", f"{a.public_url}/outgoing-payments", json={"walletAddress": at_a.receiver["id"], "quoteId": quoted.json()["id"]}, token=token
+    )
+    assert created.status_code == 201, created.text
+    a.kill9()
+    a.start()
+    payment = await settled(a, "op:" + created.json()["id"].rsplit("/", 1)[1])
+    assert payment.phase == "completed", payment.failure
+    assert await received(at_b, incoming, await at_b.token()) == (4321, True)
