@@ -15,8 +15,23 @@
 
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
-import { isFinalizedGrantWithAccessToken, isPendingGrant } from '@interledger/open-payments'
-import { amountOf, authenticatedClient, consent, expectClientError, formatAmount, interactionHash, poll, readConfig, report, run, step } from './lib.mjs'
+import { isFinalizedGrantWithAccessToken } from '@interledger/open-payments'
+import {
+  amountOf,
+  approveOnPage,
+  authenticatedClient,
+  consent,
+  continueWithRef,
+  expectClientError,
+  poll,
+  quoteTheRest,
+  readConfig,
+  report,
+  requestOutgoingGrant,
+  requestQuoteToken,
+  run,
+  step
+} from './lib.mjs'
 
 const config = readConfig([
   'receiverWalletAddress',
@@ -31,7 +46,8 @@ const config = readConfig([
 const LOGGED_IN = { [config.consentUserHeader]: config.consentUser }
 
 const FINISH_URI = 'http://127.0.0.1:1/callback'
-const { page: consentPage, decide } = consent(LOGGED_IN, FINISH_URI)
+const pages = consent(LOGGED_IN, FINISH_URI)
+const { page: consentPage, decide } = pages
 
 async function main() {
   const client = await authenticatedClient(config)
@@ -79,32 +95,13 @@ async function main() {
 
   let quoteToken
   await step('grant.request.quote', async () => {
-    const grant = await client.grant.request(
-      { url: sender.authServer },
-      { access_token: { access: [{ type: 'quote', actions: ['create', 'read'] }] } }
-    )
-    assert.ok(isFinalizedGrantWithAccessToken(grant), 'a quote grant is granted at once')
-    quoteToken = grant.access_token.value
+    quoteToken = await requestQuoteToken(client, sender)
     return {}
   })
 
   let quote
   await step('quote.create', async () => {
-    quote = await client.quote.create(
-      { url: sender.resourceServer, accessToken: quoteToken },
-      { walletAddress: sender.id, receiver: incoming.id, method: 'ilp' }
-    )
-    assert.ok(quote.id.startsWith(`${sender.resourceServer}/quotes/`))
-    assert.equal(quote.walletAddress, sender.id)
-    assert.equal(quote.receiver, incoming.id)
-    assert.equal(quote.method, 'ilp')
-    // No amount given: the quote is for what the receiver still expects, all of it.
-    assert.deepEqual(quote.receiveAmount, amountOf(INCOMING_VALUE, receiver))
-    assert.equal(quote.debitAmount.assetCode, sender.assetCode)
-    assert.equal(quote.debitAmount.assetScale, sender.assetScale)
-    assert.ok(BigInt(quote.debitAmount.value) >= BigInt(quote.receiveAmount.value), 'same asset: debit is receive plus fees')
-    assert.ok(Date.parse(quote.expiresAt) > Date.now(), 'the quote has not expired')
-    assert.ok(Date.parse(quote.expiresAt) <= Date.parse(incoming.expiresAt), 'the quote expires no later than the receiver')
+    quote = await quoteTheRest(client, sender, quoteToken, incoming, receiver, INCOMING_VALUE)
     return { id: quote.id, debitAmount: quote.debitAmount, receiveAmount: quote.receiveAmount }
   })
 
@@ -115,22 +112,7 @@ async function main() {
   })
 
   const limits = { debitAmount: quote.debitAmount }
-  const outgoingAccess = () => [{ type: 'outgoing-payment', actions: ['create', 'read', 'list'], identifier: sender.id, limits }]
-  const requestInteractive = async (nonce) => {
-    const pending = await client.grant.request(
-      { url: sender.authServer },
-      {
-        access_token: { access: outgoingAccess() },
-        interact: { start: ['redirect'], finish: { method: 'redirect', uri: FINISH_URI, nonce } }
-      }
-    )
-    assert.ok(isPendingGrant(pending), `an outgoing-payment grant waits for the user: ${JSON.stringify(pending)}`)
-    assert.ok(!isFinalizedGrantWithAccessToken(pending))
-    assert.ok(pending.interact.redirect.startsWith(`${sender.authServer}/`), 'the consent page is on the auth server')
-    assert.ok(pending.interact.finish, 'the AS nonce is given')
-    assert.ok(pending.continue.uri && pending.continue.access_token.value)
-    return pending
-  }
+  const requestInteractive = (nonce) => requestOutgoingGrant(client, sender, limits, FINISH_URI, nonce)
 
   const clientNonce = randomBytes(16).toString('base64url')
   let pending
@@ -146,16 +128,10 @@ async function main() {
 
   let finish
   await step('consent.approve', async () => {
-    const { html, actions } = await consentPage(pending.interact.redirect)
-    assert.ok(html.includes(config.clientWalletAddress), 'the page names the client')
-    assert.ok(html.includes(sender.id), 'the page names the wallet address')
-    assert.ok(html.includes(formatAmount(quote.debitAmount)), `the page shows the debit limit ${formatAmount(quote.debitAmount)}`)
-    finish = await decide(actions.approve, 'approve')
-    const hash = finish.searchParams.get('hash')
+    const approved = await approveOnPage(pages, config.clientWalletAddress, pending, sender, quote, clientNonce)
+    finish = approved.finish
+    const { actions } = approved
     const interactRef = finish.searchParams.get('interact_ref')
-    assert.ok(hash && interactRef, `hash and interact_ref are in ${finish}`)
-    assert.equal(finish.searchParams.get('result'), null)
-    assert.equal(hash, interactionHash(clientNonce, pending.interact.finish, interactRef, sender.authServer), 'the finish hash verifies')
     // The first decision stands.
     const again = await fetch(actions.deny, {
       method: 'POST',
@@ -169,15 +145,7 @@ async function main() {
 
   let outgoingToken
   await step('grant.continue', async () => {
-    const grant = await client.grant.continue(
-      { url: pending.continue.uri, accessToken: pending.continue.access_token.value },
-      { interact_ref: finish.searchParams.get('interact_ref') }
-    )
-    assert.ok(isFinalizedGrantWithAccessToken(grant), `continuation gives an access token: ${JSON.stringify(grant)}`)
-    const [item] = grant.access_token.access
-    assert.equal(item.type, 'outgoing-payment')
-    assert.equal(item.identifier, sender.id)
-    assert.deepEqual(item.limits, limits)
+    const grant = await continueWithRef(client, pending, finish, sender, limits)
     outgoingToken = grant.access_token.value
     const second = await expectClientError(
       client.grant.continue(

@@ -3,7 +3,7 @@
 
 import assert from 'node:assert/strict'
 import { createHash, createPrivateKey } from 'node:crypto'
-import { createAuthenticatedClient, OpenPaymentsClientError } from '@interledger/open-payments'
+import { createAuthenticatedClient, isFinalizedGrantWithAccessToken, isPendingGrant, OpenPaymentsClientError } from '@interledger/open-payments'
 
 let currentStep = 'setup'
 
@@ -125,6 +125,85 @@ export function consent(loggedIn, finishUri) {
   }
 
   return { page, decide }
+}
+
+// The sender's side of paying from a quote, the same in the local and the remote flow:
+// each is the body of one step, with the assertions both flows make.
+
+export async function requestQuoteToken(client, sender) {
+  const grant = await client.grant.request(
+    { url: sender.authServer },
+    { access_token: { access: [{ type: 'quote', actions: ['create', 'read'] }] } }
+  )
+  assert.ok(isFinalizedGrantWithAccessToken(grant), 'a quote grant is granted at once')
+  return grant.access_token.value
+}
+
+// A quote with no amount: for what the receiver still expects, `expectedValue`, all of it.
+export async function quoteTheRest(client, sender, token, incoming, receiver, expectedValue) {
+  const quote = await client.quote.create(
+    { url: sender.resourceServer, accessToken: token },
+    { walletAddress: sender.id, receiver: incoming.id, method: 'ilp' }
+  )
+  assert.ok(quote.id.startsWith(`${sender.resourceServer}/quotes/`))
+  assert.equal(quote.walletAddress, sender.id)
+  assert.equal(quote.receiver, incoming.id)
+  assert.equal(quote.method, 'ilp')
+  assert.deepEqual(quote.receiveAmount, amountOf(expectedValue, receiver))
+  assert.equal(quote.debitAmount.assetCode, sender.assetCode)
+  assert.equal(quote.debitAmount.assetScale, sender.assetScale)
+  assert.ok(BigInt(quote.debitAmount.value) >= BigInt(quote.receiveAmount.value), 'same asset: debit covers receive')
+  assert.ok(Date.parse(quote.expiresAt) > Date.now(), 'the quote has not expired')
+  assert.ok(Date.parse(quote.expiresAt) <= Date.parse(incoming.expiresAt), 'the quote expires no later than the receiver')
+  return quote
+}
+
+export function outgoingAccess(sender, limits) {
+  return [{ type: 'outgoing-payment', actions: ['create', 'read', 'list'], identifier: sender.id, limits }]
+}
+
+export async function requestOutgoingGrant(client, sender, limits, finishUri, nonce) {
+  const pending = await client.grant.request(
+    { url: sender.authServer },
+    {
+      access_token: { access: outgoingAccess(sender, limits) },
+      interact: { start: ['redirect'], finish: { method: 'redirect', uri: finishUri, nonce } }
+    }
+  )
+  assert.ok(isPendingGrant(pending), `an outgoing-payment grant waits for the user: ${JSON.stringify(pending)}`)
+  assert.ok(!isFinalizedGrantWithAccessToken(pending))
+  assert.ok(pending.interact.redirect.startsWith(`${sender.authServer}/`), 'the consent page is on the auth server')
+  assert.ok(pending.interact.finish, 'the AS nonce is given')
+  assert.ok(pending.continue.uri && pending.continue.access_token.value)
+  return pending
+}
+
+// The owner approves on the consent page (`pages` from consent()); the finish hash verifies.
+export async function approveOnPage(pages, clientWalletAddress, pending, sender, quote, clientNonce) {
+  const { html, actions } = await pages.page(pending.interact.redirect)
+  assert.ok(html.includes(clientWalletAddress), 'the page names the client')
+  assert.ok(html.includes(sender.id), 'the page names the wallet address')
+  assert.ok(html.includes(formatAmount(quote.debitAmount)), `the page shows the debit limit ${formatAmount(quote.debitAmount)}`)
+  const finish = await pages.decide(actions.approve, 'approve')
+  const hash = finish.searchParams.get('hash')
+  const interactRef = finish.searchParams.get('interact_ref')
+  assert.ok(hash && interactRef, `hash and interact_ref are in ${finish}`)
+  assert.equal(finish.searchParams.get('result'), null)
+  assert.equal(hash, interactionHash(clientNonce, pending.interact.finish, interactRef, sender.authServer), 'the finish hash verifies')
+  return { finish, actions }
+}
+
+export async function continueWithRef(client, pending, finish, sender, limits) {
+  const grant = await client.grant.continue(
+    { url: pending.continue.uri, accessToken: pending.continue.access_token.value },
+    { interact_ref: finish.searchParams.get('interact_ref') }
+  )
+  assert.ok(isFinalizedGrantWithAccessToken(grant), `continuation gives an access token: ${JSON.stringify(grant)}`)
+  const [item] = grant.access_token.access
+  assert.equal(item.type, 'outgoing-payment')
+  assert.equal(item.identifier, sender.id)
+  assert.deepEqual(item.limits, limits)
+  return grant
 }
 
 export function run(main) {

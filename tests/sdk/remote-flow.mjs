@@ -14,8 +14,22 @@
 
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
-import { isFinalizedGrantWithAccessToken, isPendingGrant } from '@interledger/open-payments'
-import { amountOf, authenticatedClient, consent, interactionHash, formatAmount, poll, readConfig, report, run, step } from './lib.mjs'
+import { isFinalizedGrantWithAccessToken } from '@interledger/open-payments'
+import {
+  amountOf,
+  approveOnPage,
+  authenticatedClient,
+  consent,
+  continueWithRef,
+  poll,
+  quoteTheRest,
+  readConfig,
+  report,
+  requestOutgoingGrant,
+  requestQuoteToken,
+  run,
+  step
+} from './lib.mjs'
 
 const config = readConfig([
   'receiverWalletAddress',
@@ -28,7 +42,7 @@ const config = readConfig([
   'incomingValue'
 ])
 const FINISH_URI = 'http://127.0.0.1:1/callback'
-const { page: consentPage, decide } = consent({ [config.consentUserHeader]: config.consentUser }, FINISH_URI)
+const pages = consent({ [config.consentUserHeader]: config.consentUser }, FINISH_URI)
 // Packets of at most the link's maxPacketAmount each, over two servers: allow more than a local payment.
 const PAYMENT_TIMEOUT_MS = 90000
 
@@ -81,32 +95,14 @@ async function main() {
 
   let quoteToken
   await step('grant.request.quote.atA', async () => {
-    const grant = await client.grant.request(
-      { url: sender.authServer },
-      { access_token: { access: [{ type: 'quote', actions: ['create', 'read'] }] } }
-    )
-    assert.ok(isFinalizedGrantWithAccessToken(grant), 'a quote grant is granted at once')
-    quoteToken = grant.access_token.value
+    quoteToken = await requestQuoteToken(client, sender)
     return {}
   })
 
   let quote
   await step('quote.create.atA', async () => {
-    quote = await client.quote.create(
-      { url: sender.resourceServer, accessToken: quoteToken },
-      { walletAddress: sender.id, receiver: incoming.id, method: 'ilp' }
-    )
-    assert.ok(quote.id.startsWith(`${sender.resourceServer}/quotes/`))
-    assert.equal(quote.walletAddress, sender.id)
-    assert.equal(quote.receiver, incoming.id)
-    assert.equal(quote.method, 'ilp')
     // No amount given: the quote is for what the remote receiver still expects, all of it.
-    assert.deepEqual(quote.receiveAmount, amountOf(config.incomingValue, receiver))
-    assert.equal(quote.debitAmount.assetCode, sender.assetCode)
-    assert.equal(quote.debitAmount.assetScale, sender.assetScale)
-    assert.ok(BigInt(quote.debitAmount.value) >= BigInt(quote.receiveAmount.value), 'same asset: debit covers receive')
-    assert.ok(Date.parse(quote.expiresAt) > Date.now(), 'the quote has not expired')
-    assert.ok(Date.parse(quote.expiresAt) <= Date.parse(incoming.expiresAt), 'the quote expires no later than the receiver')
+    quote = await quoteTheRest(client, sender, quoteToken, incoming, receiver, config.incomingValue)
     return { id: quote.id, debitAmount: quote.debitAmount, receiveAmount: quote.receiveAmount, expiresAt: quote.expiresAt }
   })
 
@@ -120,45 +116,19 @@ async function main() {
   const clientNonce = randomBytes(16).toString('base64url')
   let pending
   await step('grant.request.outgoingPayment.interactive.atA', async () => {
-    pending = await client.grant.request(
-      { url: sender.authServer },
-      {
-        access_token: { access: [{ type: 'outgoing-payment', actions: ['create', 'read', 'list'], identifier: sender.id, limits }] },
-        interact: { start: ['redirect'], finish: { method: 'redirect', uri: FINISH_URI, nonce: clientNonce } }
-      }
-    )
-    assert.ok(isPendingGrant(pending), `an outgoing-payment grant waits for the user: ${JSON.stringify(pending)}`)
-    assert.ok(pending.interact.redirect.startsWith(`${sender.authServer}/`), 'the consent page is on A')
+    pending = await requestOutgoingGrant(client, sender, limits, FINISH_URI, clientNonce)
     return { redirect: pending.interact.redirect }
   })
 
   let finish
   await step('consent.approve.atA', async () => {
-    const { html, actions } = await consentPage(pending.interact.redirect)
-    assert.ok(html.includes(config.clientWalletAddress), 'the page names the client')
-    assert.ok(html.includes(sender.id), 'the page names the wallet address')
-    assert.ok(html.includes(formatAmount(quote.debitAmount)), `the page shows the debit limit ${formatAmount(quote.debitAmount)}`)
-    finish = await decide(actions.approve, 'approve')
-    const interactRef = finish.searchParams.get('interact_ref')
-    assert.equal(
-      finish.searchParams.get('hash'),
-      interactionHash(clientNonce, pending.interact.finish, interactRef, sender.authServer),
-      'the finish hash verifies'
-    )
-    return { interactRef }
+    ;({ finish } = await approveOnPage(pages, config.clientWalletAddress, pending, sender, quote, clientNonce))
+    return { interactRef: finish.searchParams.get('interact_ref') }
   })
 
   let outgoingToken
   await step('grant.continue.atA', async () => {
-    const grant = await client.grant.continue(
-      { url: pending.continue.uri, accessToken: pending.continue.access_token.value },
-      { interact_ref: finish.searchParams.get('interact_ref') }
-    )
-    assert.ok(isFinalizedGrantWithAccessToken(grant), `continuation gives an access token: ${JSON.stringify(grant)}`)
-    const [item] = grant.access_token.access
-    assert.equal(item.identifier, sender.id)
-    assert.deepEqual(item.limits, limits)
-    outgoingToken = grant.access_token.value
+    outgoingToken = (await continueWithRef(client, pending, finish, sender, limits)).access_token.value
     return {}
   })
   const senderRs = () => ({ url: sender.resourceServer, accessToken: outgoingToken })
