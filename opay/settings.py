@@ -107,6 +107,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_poll_interval_seconds: float = 1.0
     webhook_batch_max: int = 100  # events claimed per poll (never more than free delivery slots)
     list_page_default: int = 20
+    # Operator experience: logs, probes, connection at start, the pages a person sees.
+    log_level: str = "info"  # debug, info, warning or error
+    log_format: str = "auto"  # json, logfmt, or auto: logfmt when stderr is a terminal, else json
+    connect_timeout_seconds: float = 10.0  # Redis or Ray not reached within this at start: exit 1 naming which
+    readiness_timeout_seconds: float = 1.0  # GET /readyz: Redis and every shard must answer within this
+    brand_name: str = "opay"  # the ASE's name on the consent page and the HTML views
+    brand_logo_url: str = ""  # an https URL of the ASE's logo on those pages; empty: none
 
     @property
     def auth_server_url(self) -> str:

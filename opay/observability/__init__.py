@@ -1,0 +1,1 @@
+"""What an operator sees of the server: structured logs and Prometheus metrics."""
