@@ -13,7 +13,7 @@ from opay import runtime
 from opay.actors.cluster import DeploymentMismatch, ShardDirectory, pin_shard_count, start_ray
 from opay.persistence import clients
 from opay.persistence.embedded_redis import EmbeddedRedis
-from opay.settings import from_environment
+from opay.settings import SettingsError, from_environment
 
 
 def serve() -> int:
@@ -48,10 +48,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="opay", description="Open Payments server")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="serve the public and operator APIs (configured by OPAY_* variables)")
+    config = commands.add_parser("config", help="print every setting: variable, current value, default, description")
+    config.add_argument("--markdown", action="store_true", help="print the README's settings table instead")
+    keys = commands.add_parser("keys", help="client keys of wallet addresses")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    new_key = keys_commands.add_parser("new", help="make an Ed25519 key, register its public JWK, save the private key")
+    new_key.add_argument("wallet", help="path of the wallet address, e.g. alice")
+    new_key.add_argument("--out", help="where to save the private key (PEM); default: {data_dir}/keys/<path>-<kid>.pem")
     args = parser.parse_args(argv)
-    if args.command == "serve":
-        return serve()
-    return 2
+    try:
+        if args.command == "serve":
+            return serve()
+        if args.command == "config":
+            from opay.commands import config as config_command
+
+            return config_command.run(as_markdown=args.markdown)
+        from opay.commands import keys as keys_command
+
+        return keys_command.new(args.wallet, args.out)
+    except SettingsError as error:
+        # Nothing has started yet: the one line says what to fix, a traceback would bury it.
+        print(f"opay: {error}", file=sys.stderr, flush=True)
+        return 2
 
 
 if __name__ == "__main__":
