@@ -32,7 +32,7 @@ Seconds = Annotated[float, Meta(gt=0)]
 CacheSeconds = Annotated[float, Meta(ge=0)]
 HttpUrl = Annotated[str, Meta(pattern=r"^https?://[^\s/?#]+[^\s]*$", extra={"allowed": "an http(s) URL"})]
 # A wallet address path as the operator API accepts it (opay/http/operator.py), not a route's.
-_WALLET_PATH = r"(?!(.*/)?(jwks|did)\.json$)(?!(incoming-payments|outgoing-payments|quotes|outgoing-payment-grant|auth|ilp|\.well-known)(/|$))[a-z0-9][a-z0-9._~-]{0,63}(/[a-z0-9][a-z0-9._~-]{0,63}){0,7}"
+WALLET_PATH = r"(?!(.*/)?(jwks|did)\.json$)(?!(incoming-payments|outgoing-payments|quotes|outgoing-payment-grant|auth|ilp|\.well-known)(/|$))[a-z0-9][a-z0-9._~-]{0,63}(/[a-z0-9][a-z0-9._~-]{0,63}){0,7}"
 
 
 def _doc(description: str, **constraints: object) -> Meta:
@@ -111,7 +111,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     fetch_timeout_seconds: Annotated[Seconds, _doc("one deadline per fetch: resolution, connect and whole body")] = 2.0
     client_wallet_address: Annotated[str, _doc(
         "path of this server's own client wallet address (created at start), whose keys sign its calls to other servers",
-        pattern=f"^(?:{_WALLET_PATH})$",
+        pattern=f"^(?:{WALLET_PATH})$",
         extra={"allowed": "a wallet address path: lowercase segments such as ase or ops/client"},
     )] = "ase"
     remote_grants_max: Annotated[Positive, _doc("access tokens to other servers kept, one per authorization server")] = 1000
