@@ -9,6 +9,11 @@ in opay/auth/grant_states.py; here each one is a compare-and-set (WATCH/MULTI on
 grant's key), so a decision is made once (the first one stands) and a grant is finalized
 once, however many continuation requests race. A pending grant lives
 `interaction_seconds` in Redis; once finalized it is kept like a non-interactive grant.
+
+Every grant is listed, in the same write that stores it, in two indexes by creation time:
+its client's, and each wallet address its access names (keys.grants_of_*). A cancel or
+revoke takes it out in the same write; one that expired undecided is dropped from an
+index when a listing meets it. Grants stored before the indexes existed are in none.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from opay.auth.grant_states import (
     new_secret,
 )
 from opay.persistence import keys
+from opay.persistence.positions import Collected, Position, Positions
 
 T = TypeVar("T")
 # Optimistic transactions retried past this many concurrent changes are refused (503).
@@ -58,6 +64,7 @@ class GrantStore:
         self._interaction_seconds = interaction_seconds
         self._wait_seconds = wait_seconds
         self._on_revoke: list[Callable[[str], Awaitable[None] | None]] = []
+        self._positions = Positions(client)
 
     def on_revoke(self, listener: Callable[[str], Awaitable[None] | None]) -> None:
         """Called with the digest of every token that stops being valid."""
@@ -71,6 +78,7 @@ class GrantStore:
         token = states.new_token(str(uuid.uuid4()), grant, now_ms, self._token_seconds)
         pipe = self._client.pipeline(transaction=True)
         pipe.set(keys.grant(grant.id), _encoder.encode(grant))
+        self._index(pipe, grant)
         self._put_token(pipe, value, token)
         await pipe.execute()
         return grant, value, token, continue_token
@@ -88,7 +96,10 @@ class GrantStore:
             wait_seconds=self._wait_seconds,
             interaction_seconds=self._interaction_seconds,
         )
-        await self._client.set(keys.grant(grant.id), _encoder.encode(grant), ex=self._interaction_seconds)
+        pipe = self._client.pipeline(transaction=True)
+        pipe.set(keys.grant(grant.id), _encoder.encode(grant), ex=self._interaction_seconds)
+        self._index(pipe, grant)
+        await pipe.execute()
         return grant, continue_token
 
     async def get(self, grant_id: str) -> Grant | None:
@@ -215,28 +226,58 @@ class GrantStore:
 
     async def cancel(self, grant: Grant, continue_token: str) -> bool:
         """The grant (pending, decided or finalized) and every token issued under it stop
-        working. Compare-and-set on the grant and its token set: a token issued or
-        rotated meanwhile is not left behind, and a continue token replaced meanwhile
-        (the grant was finalized) no longer cancels. False: nothing was cancelled."""
-        grant_key, tokens_key = keys.grant(grant.id), self._grant_tokens(grant.id)
+        working. A continue token replaced meanwhile (the grant was finalized) no longer
+        cancels. False: nothing was cancelled."""
+        return await self._end(grant.id, lambda current: states.continue_token_matches(current, continue_token)) is not None
 
-        async def attempt(pipe: aioredis.client.Pipeline) -> list[str] | None:
+    async def revoke_grant(self, grant_id: str) -> tuple[Grant, int] | None:
+        """The operator's revoke: a cancel that needs no continue token. Answers the grant
+        as it was and how many tokens stopped working; None: no such grant."""
+        return await self._end(grant_id, lambda current: True)
+
+    async def _end(self, grant_id: str, allowed: Callable[[Grant], bool]) -> tuple[Grant, int] | None:
+        """The grant and every token issued under it stop working, if `allowed` says so of
+        the grant as it is. Compare-and-set on the grant and its token set: a token issued
+        or rotated meanwhile is not left behind. Announced, so introspection caches drop
+        the tokens at once."""
+        grant_key, tokens_key = keys.grant(grant_id), self._grant_tokens(grant_id)
+
+        async def attempt(pipe: aioredis.client.Pipeline) -> tuple[Grant, list[str]] | None:
             raw = await pipe.get(grant_key)
             current = None if raw is None else _grant_decoder.decode(raw)
-            if current is None or not states.continue_token_matches(current, continue_token):
+            if current is None or not allowed(current):
                 return None
             digests = [d.decode() for d in await pipe.smembers(tokens_key)]
             pipe.multi()
             pipe.delete(grant_key, tokens_key)
             for token_digest in digests:
                 pipe.delete(keys.token(token_digest))
+            self._unindex(pipe, current)
             await pipe.execute()
-            return digests
+            return current, digests
 
-        digests = await self._optimistic([grant_key, tokens_key], attempt)
-        for token_digest in digests or []:
+        ended = await self._optimistic([grant_key, tokens_key], attempt)
+        if ended is None:
+            return None
+        for token_digest in ended[1]:
             await self._announce(token_digest)
-        return digests is not None
+        return ended[0], len(ended[1])
+
+    async def listed(self, index: str, cursor: Position | None, direction: str, count: int, state: str | None) -> Collected[Grant]:
+        """A page of an index (keys.grants_of_client / grants_of_wallet), in creation order,
+        of the grants in `state` (None: any). Entries whose grant has expired are dropped
+        from the index on the way: a grant and its entries are written and removed
+        together, so an entry without its grant is one that expired, for good."""
+
+        async def load(entries: list[Position]) -> list[Grant | None]:
+            raws = await self._client.mget([keys.grant(entry.member) for entry in entries])
+            gone = [entry.member for entry, raw in zip(entries, raws) if raw is None]
+            if gone:
+                await self._client.zrem(index, *gone)
+            found = [None if raw is None else _grant_decoder.decode(raw) for raw in raws]
+            return [grant if grant is not None and state in (None, grant.state) else None for grant in found]
+
+        return await self._positions.collect(index, cursor, direction, count, load)
 
     async def _optimistic(self, watched: list[str], attempt: Callable[[aioredis.client.Pipeline], Awaitable[T]]) -> T:
         """Read, decide and write `watched` keys atomically (WATCH/MULTI/EXEC), again if a
@@ -250,6 +291,18 @@ class GrantStore:
                 except aioredis.WatchError:
                     await pipe.reset()
         raise redis.TimeoutError(f"{WATCH_ATTEMPTS} concurrent changes in a row to {watched[0]}")
+
+    def _indexes(self, grant: Grant) -> list[str]:
+        wallets = {item.identifier for item in grant.access if item.identifier is not None}
+        return [keys.grants_of_client(grant.client.identity), *(keys.grants_of_wallet(wallet) for wallet in sorted(wallets))]
+
+    def _index(self, pipe: aioredis.client.Pipeline, grant: Grant) -> None:
+        for index in self._indexes(grant):
+            pipe.zadd(index, {grant.id: grant.created_at_ms})
+
+    def _unindex(self, pipe: aioredis.client.Pipeline, grant: Grant) -> None:
+        for index in self._indexes(grant):
+            pipe.zrem(index, grant.id)
 
     def _grant_tokens(self, grant_id: str) -> str:
         return f"{keys.grant(grant_id)}:tokens"

@@ -50,6 +50,16 @@ def grant(grant_id: str) -> str:
     return f"{PREFIX}:grant:{grant_id}"
 
 
+def grants_of_client(identity: str) -> str:
+    """A sorted set of grant ids by creation time: one client's (ClientRef.identity)."""
+    return f"{PREFIX}:grants-of-client:{identity}"
+
+
+def grants_of_wallet(wallet_address: str) -> str:
+    """A sorted set of grant ids by creation time: those whose access names this wallet address URL."""
+    return f"{PREFIX}:grants-of-wallet:{wallet_address}"
+
+
 def token(token_digest: str) -> str:
     return f"{PREFIX}:token:{token_digest}"
 
