@@ -26,6 +26,7 @@ from opay.ilp.links import PacketLinks
 from opay.ilp.peers import PeerStore
 from opay.net.fetch import Fetcher, FetchPolicy
 from opay.outbox import delivery as webhooks
+from opay.outbox.admin import WebhookEvents
 from opay.persistence import clients, keys
 from opay.persistence.queries import Queries
 from opay.persistence.wallet_addresses import WalletAddressStore
@@ -109,6 +110,7 @@ async def serve(settings: Settings, redis_url: str, shards: Shards, *, show_toke
         mint=CredentialMint(await stream_secret(client, settings), settings.ilp_address),
         pricing=Pricing(client, http, rates_url=settings.rates_url, cache_seconds=settings.rates_cache_seconds),
         peers=(peers := PeerStore(client)),
+        webhook_events=WebhookEvents(client),
         remote_receivers=remote_receivers,
         prober=prober,
     )

@@ -17,6 +17,7 @@ from opay.http import urls
 from opay.http.errors import ApiError
 from opay.ilp.credentials import CredentialMint
 from opay.ilp.peers import PeerStore
+from opay.outbox.admin import WebhookEvents
 from opay.persistence.queries import Queries
 from opay.persistence.wallet_addresses import WalletAddress, WalletAddressStore
 from opay.pricing import Pricing
@@ -45,6 +46,7 @@ class Services:
         mint: CredentialMint,
         pricing: Pricing,
         peers: PeerStore,
+        webhook_events: WebhookEvents,
         remote_receivers: "RemoteReceivers | None" = None,
         prober: "RateProber | None" = None,
     ) -> None:
@@ -58,6 +60,7 @@ class Services:
         self.mint = mint
         self.pricing = pricing
         self.peers = peers  # ILP peers (opay/ilp/peers.py)
+        self.webhook_events = webhook_events  # the operator's view of the outbox
         # Receivers on other servers (opay/remote/receivers.py) and the rate probe of the
         # path to them through a peer (opay/remote/probe.py); None: such receivers are refused.
         self.remote_receivers = remote_receivers
