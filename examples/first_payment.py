@@ -140,7 +140,7 @@ async def main() -> None:
 
         # 6. outgoing payment: pays the quote. With `make run` (OPAY_AUTO_FUND) it is funded
         #    at once, and a receiver on this server is credited within moments.
-        payment = checked(
+        created = checked(
             await client.request(
                 "POST",
                 f"{sender['resourceServer']}/outgoing-payments",
@@ -148,8 +148,11 @@ async def main() -> None:
                 token=outgoing_token,
             )
         )
-        show("outgoing payment", payment["id"])
-        payment = await until(lambda: client.request("GET", payment["id"], token=outgoing_token), lambda p: p["failed"] or p["sentAmount"]["value"] != "0")
+        show("outgoing payment", created["id"])
+        payment = await until(
+            lambda: client.request("GET", created["id"], token=outgoing_token),
+            lambda p: p["failed"] or p["sentAmount"]["value"] != "0",
+        )
         if payment["failed"]:
             sys.exit(f"first_payment: the payment failed: {payment}")
         received = await until(lambda: client.request("GET", incoming["id"], token=incoming_token), lambda i: i["completed"])
@@ -164,6 +167,7 @@ async def until(read, done, seconds: float = 20):
             return answer
         await asyncio.sleep(0.2)
     sys.exit(f"first_payment: not done after {seconds} s: {answer}")
+
 
 if __name__ == "__main__":
     asyncio.run(main())

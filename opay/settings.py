@@ -56,15 +56,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     operator_url: Annotated[HttpUrl, _doc(
         "where `opay keys` and the examples reach the operator API; empty: http://{operator_host}:{operator_port}"
     )] = ""
-    data_dir: Annotated[str, _doc("directory of the embedded Redis's data (AOF) and of keys made by `opay keys new`", min_length=1)] = "./var"
+    data_dir: Annotated[str, _doc(
+        "directory of the embedded Redis's data (AOF) and of keys made by `opay keys new`", min_length=1
+    )] = "./var"
     redis_url: Annotated[str, _doc(
         "Redis to use (redis://host:port/db); empty: opay starts its own redis-server under data_dir",
         pattern=r"^(rediss?|unix)://", extra={"allowed": "a redis://, rediss:// or unix:// URL"},
     )] = ""
     redis_port: Annotated[Port, _doc("port of the embedded redis-server (when redis_url is empty)")] = 6399
-    ray_address: Annotated[str, _doc("Ray cluster to join (host:port); empty: a Ray of opay's own. Ray 2.60 clusters use token auth: also set RAY_AUTH_MODE=token")] = ""
+    ray_address: Annotated[str, _doc(
+        "Ray cluster to join (host:port); empty: a Ray of opay's own. Ray 2.60 clusters use token auth: also set RAY_AUTH_MODE=token"
+    )] = ""
     shards: Annotated[int, _doc(
-        "shard actors; 0: the count pinned in Redis, else one per CPU (then pinned); a process started with another count refuses to start", ge=0, le=4096
+        "shard actors; 0: the count pinned in Redis, else one per CPU (then pinned); a process started with another count refuses to start",
+        ge=0, le=4096,
     )] = 0
     ilp_address: Annotated[str, _doc(
         "this server's ILP address, the prefix of every receiving address",
@@ -98,7 +103,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     introspection_url: Annotated[HttpUrl, _doc(
         "token introspection of a separate authorization server; empty: the one in this process"
     )] = ""
-    introspection_cache_seconds: Annotated[CacheSeconds, _doc("how long an active introspection answer is reused; revocation drops it at once")] = 5.0
+    introspection_cache_seconds: Annotated[CacheSeconds, _doc(
+        "how long an active introspection answer is reused; revocation drops it at once"
+    )] = 5.0
     introspection_timeout_seconds: Annotated[Seconds, _doc("deadline of one introspection call")] = 2.0
     jwks_cache_seconds: Annotated[CacheSeconds, _doc("how long a client's fetched keys (jwks.json) are reused")] = 30.0
     allow_insecure_fetch: Annotated[bool, _doc(
@@ -146,7 +153,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         gt=0, le=60,
     )] = 5.0
     consent_user_header: Annotated[str, _doc(
-        "header the ASE's login proxy in front of /auth/interact/ sets to the logged-in user; the page decides for the wallet's owner; empty: it never decides",
+        "header the ASE's login proxy in front of /auth/interact/ sets to the logged-in user; the page decides for the wallet's"
+        " owner; empty: it never decides",
         pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", extra={"allowed": "an HTTP header name"},
     )] = ""
     consent_url: Annotated[HttpUrl, _doc(
@@ -229,7 +237,8 @@ def _allowed(info: msgspec.inspect.Type, extra: dict) -> str:
         high = f"at most {info.le}" if info.le is not None else f"less than {info.lt}" if info.lt is not None else ""
         if isinstance(info, msgspec.inspect.IntType) and info.ge is not None and info.le is not None:
             return f"{info.ge}..{info.le}"
-        return ", ".join(part for part in (low, high) if part) or ("an integer" if isinstance(info, msgspec.inspect.IntType) else "a number")
+        kind = "an integer" if isinstance(info, msgspec.inspect.IntType) else "a number"
+        return ", ".join(part for part in (low, high) if part) or kind
     if isinstance(info, msgspec.inspect.StrType):
         parts = ["non-empty" if info.min_length == 1 else f"at least {info.min_length} characters"] if info.min_length else []
         parts += [f"at most {info.max_length} characters"] if info.max_length else []
@@ -367,4 +376,5 @@ def _check_together(s: Settings) -> None:
     try:
         parse_allow(s.fetch_allow)
     except ValueError as error:  # it names the entry that is not a host, IP or CIDR
-        raise _refuse("fetch_allow", s.fetch_allow, str(error).removeprefix("OPAY_FETCH_ALLOW: "), "hostnames, IP addresses and CIDRs, comma-separated") from None
+        problem = str(error).removeprefix("OPAY_FETCH_ALLOW: ")
+        raise _refuse("fetch_allow", s.fetch_allow, problem, "hostnames, IP addresses and CIDRs, comma-separated") from None
