@@ -1,7 +1,7 @@
 """schemathesis against the official specs, on the session's real server: no 5xx, and
 every response valid for its operation, signed (past authentication) and unsigned.
 
-Bounded for `make test` (OPAY_FUZZ_EXAMPLES generated requests per operation, mode and
+Bounded for `make test` (FUZZ_EXAMPLES generated requests per operation, mode and
 signing; default 25); bench/fuzz.py runs the same fuzzer longer. The two known defects of
 the official spec are corrected by name in tests/spec_fuzz.py (KNOWN_SPEC_DEFECTS).
 """
@@ -14,7 +14,7 @@ import httpx
 
 from tests.spec_fuzz import Fuzzer, prepare
 
-EXAMPLES = int(os.environ.get("OPAY_FUZZ_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 
 
 def test_official_specs_fuzz_clean(server):
