@@ -40,6 +40,11 @@ test: $(INSTALLED) $(NODE_INSTALLED) $(INTEROP_INSTALLED)
 bench: $(INSTALLED)
 	$(BIN)/python bench/load.py
 	$(BIN)/python bench/ilp_packets.py
+	$(BIN)/python bench/replay.py
+
+# wrk replaying requests signed just before the run (installs Debian's wrk if missing).
+replay: $(INSTALLED)
+	$(BIN)/python bench/replay.py
 
 faults: $(INSTALLED)
 	$(BIN)/python bench/faults.py
