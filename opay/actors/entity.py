@@ -185,6 +185,7 @@ class EntityHost:
         shard: int = 0,
         journal_keys: dict[type, JournalKeys] | None = None,
         codec: SnapshotCodec | None = None,
+        on_commit: Callable[[object | None, object], None] | None = None,
     ) -> None:
         assert max_active > 0 and shard >= 0
         if codec is None:
@@ -200,6 +201,8 @@ class EntityHost:
         self._handlers = handlers
         self._max_active = max_active
         self._active: OrderedDict[str, Active] = OrderedDict()
+        # Told (state before, state after) of every write that landed: the shard's metrics.
+        self._on_commit = on_commit
 
     @property
     def active_count(self) -> int:
@@ -370,6 +373,8 @@ class EntityHost:
         for n, (entity_id, active, state, pending) in enumerate(staged):
             committed[entity_id] = outcomes[n] == LANDED
             if committed[entity_id]:
+                if self._on_commit is not None:
+                    self._on_commit(active.state, state)
                 active.journal.update(pending)
                 self._remember(entity_id, Active(writes[n].expected_version + 1, state, active.journal, active.whole))  # type: ignore[arg-type]
                 continue

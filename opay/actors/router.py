@@ -22,6 +22,7 @@ import msgspec
 from opay.actors.messages import CONFLICT_RETRY, UNAVAILABLE, Answered, Command, Failed, Reply, SendPackets, Tell, encode, tag_of
 from opay.actors.registry import decode_result
 from opay.actors.routing import shard_of
+from opay.observability import metrics
 
 log = logging.getLogger("opay.router")
 
@@ -120,6 +121,21 @@ class ShardRouter:
             reply = await self.ask(command, min(self._deadline, left))
         return reply
 
+    async def stats(self, deadline_seconds: float) -> list[dict | None]:
+        """Every shard's `stats()` (opay/actors/shard.py), asked at once; None for a shard
+        that did not answer within the deadline (stopped, restarting, or busy with a batch:
+        a shard runs one call at a time)."""
+
+        async def one(n: int) -> dict | None:
+            try:
+                return await asyncio.wait_for(self._shards.handle(n).stats.remote(), deadline_seconds)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                return None
+
+        return list(await asyncio.gather(*(one(n) for n in range(self._shards.count))))
+
     async def close(self) -> None:
         for task in [*self._pumps, *self._tasks]:
             task.cancel()
@@ -147,6 +163,8 @@ class ShardRouter:
     async def _send(self, n: int, batch: list[Queued]) -> None:
         replies: list[Reply] = [UNAVAILABLE] * len(batch)
         lost = False
+        outcome = "error"
+        started = asyncio.get_running_loop().time()
         try:
             payload = encode([msgspec.Raw(command) for command, _ in batch])
             answer = await asyncio.wait_for(self._shards.handle(n).handle.remote(payload), self._deadline)
@@ -154,6 +172,7 @@ class ShardRouter:
             if len(result.replies) != len(batch):
                 raise ValueError(f"shard {n} answered {len(result.replies)} replies to {len(batch)} commands")
             replies = result.replies
+            outcome = "ok"
             for tell in result.tells:
                 self._deliver(tell)
         except asyncio.CancelledError:
@@ -161,6 +180,7 @@ class ShardRouter:
         except asyncio.TimeoutError:
             # A stuck shard (stopped, overloaded): the outcome is unknown, so the callers
             # hear "unavailable" and retry (with an idempotency key where it matters).
+            outcome = "timeout"
             log.warning("shard %d did not answer a batch of %d within %.1f s", n, len(batch), self._deadline)
         except Exception as error:
             # A dead or restarting shard, or an answer we cannot read: unknown outcome too.
@@ -171,6 +191,7 @@ class ShardRouter:
                 if not future.done():
                     future.set_result(reply)
             self._slots[n].release()
+            metrics.observe_shard_call(n, len(batch), outcome, asyncio.get_running_loop().time() - started)
         if lost:
             await self._shards.refresh(n)
 

@@ -8,7 +8,9 @@ import os
 from opay.clock import now_ms
 from opay.actors import registry
 from opay.actors.entity import EntityHost
-from opay.actors.messages import encode
+from opay.actors.messages import Command, CreditIncomingPayment, Credited, Failed, Reply, encode
+from opay.domain.outgoing_payment import OutgoingPayment
+from opay.observability.tally import ShardTally
 from opay.persistence import clients
 from opay.persistence.snapshots import SnapshotStore
 
@@ -21,20 +23,25 @@ class Shard:
         self.index = index
         self._redis_url = redis_url
         client = clients.blocking(redis_url, redis_timeout_seconds)
+        self._tally = ShardTally()
         self._host = EntityHost(
-            SnapshotStore(client),
+            SnapshotStore(client, self._tally.write_seconds),
             registry.HANDLERS,
             max_active,
             emit_events,
             shard=index,
             journal_keys=registry.JOURNAL_KEYS,
             codec=registry.codec,
+            on_commit=lambda before, after: count_settlement(self._tally, before, after),
         )
 
     def handle(self, batch: bytes) -> bytes:
-        return encode(self._host.handle(registry.decode_commands(batch), now_ms()))
+        commands = registry.decode_commands(batch)
+        result = self._host.handle(commands, now_ms())
+        count_credits(self._tally, commands, result.replies)
+        return encode(result)
 
-    def stats(self) -> dict[str, int | str]:
+    def stats(self) -> dict[str, object]:
         host = self._host
         return {
             "index": self.index,
@@ -43,4 +50,33 @@ class Shard:
             "redis_url": self._redis_url,
             "quarantined": host.quarantined,
             "journal_reads": host.journal_reads,
+            "metrics": self._tally.snapshot(),
         }
+
+
+def count_credits(tally: ShardTally, commands: list[Command], replies: list[Reply]) -> None:
+    """Each credit's outcome as its caller hears it. A reply says "credited" only once its
+    write landed (the host replaces the replies of a failed write), so the money counted is
+    the money Redis holds; a replay credits nothing and is counted as one."""
+    for command, reply in zip(commands, replies):
+        if not isinstance(command, CreditIncomingPayment):
+            continue
+        if isinstance(reply, Credited) and reply.replayed:
+            tally.credit(command.source, "replayed")
+        elif isinstance(reply, Credited) and reply.outcome.accepted:
+            tally.credit(command.source, "credited", "", (reply.asset.code, reply.asset.scale), reply.outcome.amount)
+        elif isinstance(reply, Credited):
+            tally.credit(command.source, "refused", reply.outcome.refused_code)
+        elif isinstance(reply, Failed):
+            tally.credit(command.source, "unavailable" if reply.kind == "unavailable" else "failed", reply.code)
+
+
+def count_settlement(tally: ShardTally, before: object | None, after: object) -> None:
+    """An outgoing payment's write that settled it (completed or failed): counted once, as
+    the write that moved it there landed once. Money settled: what it sent, in its debit asset."""
+    if not isinstance(after, OutgoingPayment) or not after.settled:
+        return
+    if isinstance(before, OutgoingPayment) and before.settled:
+        return
+    asset = after.debit_asset
+    tally.settlement("remote" if after.remote is not None else "local", after.phase, (asset.code, asset.scale), after.sent)

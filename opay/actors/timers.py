@@ -25,6 +25,7 @@ from opay.actors.messages import Failed
 from opay.actors.registry import FIRE
 from opay.actors.router import ShardRouter
 from opay.clock import now_ms
+from opay.observability import metrics
 from opay.persistence import keys
 
 log = logging.getLogger("opay.timers")
@@ -36,14 +37,20 @@ LEASE_MAX_MS = 60_000
 _GONE = {"not_found", "quarantined"}
 
 # KEYS[1] due set, KEYS[2] tries; ARGV[1] now, ARGV[2] how many, ARGV[3] base, ARGV[4] max.
+# Returns a flat list: member, its due time, its tries (1: the first firing of that due time).
 _CLAIM = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, member in ipairs(due) do
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for i = 1, #due, 2 do
+  local member = due[i]
   local tries = tonumber(redis.call('ZINCRBY', KEYS[2], 1, member))
   local lease = math.min(tonumber(ARGV[4]), tonumber(ARGV[3]) * 2 ^ math.min(tries - 1, 30))
   redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + lease, member)
+  out[#out + 1] = member
+  out[#out + 1] = due[i + 1]
+  out[#out + 1] = tries
 end
-return due
+return out
 """
 
 
@@ -62,10 +69,13 @@ class Timers:
     async def fire_due(self, n: int) -> tuple[int, int]:
         """One pass over shard n's due entries: (entries fired, entries that progressed)."""
         due_key, tries_key = keys.due(n), keys.due_tries(n)
-        args = [now_ms(), self._per_shard, LEASE_BASE_MS, LEASE_MAX_MS]
-        claimed = [m.decode() for m in await self._claim(keys=[due_key, tries_key], args=args)]
+        now = now_ms()
+        flat = await self._claim(keys=[due_key, tries_key], args=[now, self._per_shard, LEASE_BASE_MS, LEASE_MAX_MS])
+        claimed = [m.decode() for m in flat[::3]]
         if not claimed:
             return 0, 0
+        # Lag: only first firings; a later try fires at a lease's end, which is backoff, not lag.
+        metrics.observe_timer_lags(n, [(now - float(at)) / 1000 for at, tries in zip(flat[1::3], flat[2::3]) if int(tries) == 1])
         commands = {e: FIRE.get(prefix_of(e)) for e in claimed}
         unknown = [e for e, fire in commands.items() if fire is None]
         if unknown:

@@ -25,8 +25,9 @@ from opay.domain.incoming_payment import IncomingPayment
 from opay.http.errors import ApiError
 from opay.http.incoming_payments import entity_id
 from opay.http.services import Services, read_body, services
-from opay.ilp.packet import Reject
+from opay.ilp.packet import IlpPacketType, Reject, decode_packet
 from opay.ilp.receiver import Link, ReceiverConfig, StreamReceiver, peer_label
+from opay.observability import metrics
 from opay.settings import Settings
 
 PATH = "/ilp"
@@ -102,12 +103,22 @@ async def receive(request: Request) -> Response:
         # The peers cannot be read: an ILP temporary failure the peer retries, as the
         # receiver answers when a credit cannot be stored (never a Fulfill when unsure).
         reject = Reject("T00", s.settings.ilp_address, b"temporarily unable to authenticate the peer; retry")
+        metrics.observe_ilp_packet("received", "T00")
         return Response(reject.encode(), status_code=200, media_type=MEDIA_TYPE)
     if link is None:
         raise ApiError(401, "unauthorized", "a valid ILP peer Bearer token is required", headers={"WWW-Authenticate": "Bearer"})
     body = await read_body(request, BODY_MAX_BYTES)
     reply = await _receiver(request, s).handle(body, datetime.now(timezone.utc), link)
+    metrics.observe_ilp_packet("received", reply_code(reply))
     return Response(reply, status_code=200, media_type=MEDIA_TYPE)
+
+
+def reply_code(raw: bytes) -> str:
+    """A reply's reject code, "" for a Fulfill (told by its first byte: a Fulfill's data may be large)."""
+    if raw[:1] == bytes([IlpPacketType.FULFILL]):
+        return ""
+    packet = decode_packet(raw)
+    return packet.code if isinstance(packet, Reject) else "other"
 
 
 ROUTES = [Route(PATH, receive, methods=["POST"], name="ilp")]

@@ -27,6 +27,7 @@ from opay.ilp.link import LOCAL, HttpLink, local_reject
 from opay.ilp.oer import Writer
 from opay.ilp.packet import Prepare, Reject, decode_packet
 from opay.ilp.peers import Peer, PeerStore
+from opay.observability import metrics
 
 log = logging.getLogger("opay.links")
 
@@ -114,6 +115,8 @@ class PacketLinks:
             return LinkReplies(command.peer, [], [], remaining, refreshed, f"peers unreadable: {error}")
         if peer is None:
             rejects = [local_reject("F02", f"no route to {p.destination}").encode() for p in prepares]
+            for _ in prepares:
+                metrics.observe_ilp_packet("sent", "F02")
             return LinkReplies(command.peer, conditions, rejects, remaining, refreshed, error)
         link = self._link(peer)
 
@@ -127,10 +130,12 @@ class PacketLinks:
             return await link.send_async(prepare)
 
         replies = await asyncio.gather(*(one(p) for p in prepares), return_exceptions=True)
-        encoded = [
-            (local_reject("T00", f"link raised {type(r).__name__}: {r}") if isinstance(r, BaseException) else r).encode()
-            for r in replies
-        ]
+        answered = [local_reject("T00", f"link raised {type(r).__name__}: {r}") if isinstance(r, BaseException) else r for r in replies]
+        for reply in answered:
+            # What the peer (or the link, for its own Rejects) answered; a Fulfill is
+            # counted here before the entity checks its fulfillment.
+            metrics.observe_ilp_packet("sent", reply.code if isinstance(reply, Reject) else "")
+        encoded = [reply.encode() for reply in answered]
         return LinkReplies(peer.name, conditions, encoded, remaining, refreshed, error)
 
     def close(self) -> None:

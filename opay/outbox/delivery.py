@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 
 from opay.actors.registry import EntityEvent
 from opay.clock import now_ms
+from opay.observability import metrics
 from opay.outbox.render import render
 from opay.outbox.signing import SIGNATURE_HEADER, sign
 from opay.outbox.store import Claimed, Outbox
@@ -76,6 +77,7 @@ class Deliverer:
                     task = asyncio.create_task(self.deliver(event))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
+                metrics.WEBHOOKS_IN_FLIGHT.set(len(self._tasks))
                 if len(self._tasks) >= settings.webhook_concurrency:
                     # Every slot busy: claim again as soon as one frees up (claims are leased
                     # from the moment they are taken, so never claim more than can start now).
@@ -127,17 +129,22 @@ class Deliverer:
         try:
             if not error:
                 await self._outbox.delivered(claimed.id)
+                metrics.WEBHOOK_ATTEMPTS.labels("delivered").inc()
                 return
             now = now_ms()
             if final:
-                if await self._outbox.failed(claimed, error, now, None):
+                buried = await self._outbox.failed(claimed, error, now, None)
+                metrics.WEBHOOK_ATTEMPTS.labels("dead" if buried else "superseded").inc()
+                if buried:
                     log.warning("webhook %s dead after %d attempts: %s", claimed.id, claimed.attempt, error)
                 return
             wait = backoff_seconds(claimed.attempt, settings.webhook_backoff_base_seconds, settings.webhook_backoff_max_seconds)
-            await self._outbox.failed(claimed, error, now, now + int(wait * 1000))
+            rescheduled = await self._outbox.failed(claimed, error, now, now + int(wait * 1000))
+            metrics.WEBHOOK_ATTEMPTS.labels("failed" if rescheduled else "superseded").inc()
             log.info("webhook %s attempt %d failed (%s); retry in %.1f s", claimed.id, claimed.attempt, error, wait)
         except redis.RedisError as failure:
             # The lease runs out and the event is claimed again: at least once, never lost.
+            metrics.WEBHOOK_ATTEMPTS.labels("unrecorded").inc()
             log.warning("webhook %s: could not record the outcome: %s", claimed.id, failure)
 
 

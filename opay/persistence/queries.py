@@ -72,6 +72,12 @@ class Queries:
         raw = await self._client.hget(keys.entity(entity_id), "s")
         return None if raw is None else self._decode(raw, entity_id)
 
+    async def webhook_depth(self) -> tuple[int, int]:
+        """(pending, dead) webhook events, in one round trip (opay/outbox/store.py's sets)."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            pending, dead = await pipe.zcard(keys.WEBHOOK_DUE).zcard(keys.WEBHOOK_DEAD).execute()
+        return int(pending), int(dead)
+
     async def page(self, index_key: str, cursor: str | None, direction: str, count: int) -> Page:
         assert direction in ("first", "last") and 1 <= count <= 100
         answer = await self._page(keys=[index_key], args=[cursor or "", direction, count])

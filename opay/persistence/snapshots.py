@@ -14,10 +14,12 @@ not as a conflict. Outcomes are per entity: one failed write never hides the oth
 from __future__ import annotations
 
 import os
+import time
 
 import msgspec
 import redis
 
+from opay.observability.tally import Buckets
 from opay.persistence import keys
 
 # KEYS[1] the entity hash; KEYS[2..] one key per side effect.
@@ -117,9 +119,10 @@ class Loaded(msgspec.Struct, frozen=True):
 class SnapshotStore:
     """Used from inside a shard actor, one batch at a time: a blocking client is right."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, write_seconds: Buckets | None = None) -> None:
         self._client = client
         self._write = client.register_script(_WRITE)
+        self._write_seconds = write_seconds  # each group commit's time, the confirming read included
 
     def load_many(self, entity_ids: list[str]) -> dict[str, Loaded]:
         return self.load(entity_ids, {})[0]
@@ -170,6 +173,7 @@ class SnapshotStore:
         round trip left unknown are asked about once more before UNKNOWN is reported."""
         if not writes:
             return []
+        started = time.perf_counter()
         try:
             answers = self._evalsha_many(writes)
         except redis.RedisError as error:
@@ -190,6 +194,8 @@ class SnapshotStore:
         if unknown:
             for n, outcome in zip(unknown, self._confirm([writes[n] for n in unknown])):
                 outcomes[n] = outcome
+        if self._write_seconds is not None:
+            self._write_seconds.observe(time.perf_counter() - started)
         return outcomes
 
     def _confirm(self, writes: list[EntityWrite]) -> list[str]:
