@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_replayed_creates_are_all_stored(server: OpayServer) -> None:
     done = subprocess.run(
-        [sys.executable, "bench/replay.py", "--quick", "--scenario", "creates",
+        [sys.executable, "bench/replay.py", "--quick", "--seconds", "1", "--scenario", "creates",
          "--public-url", server.public_url, "--operator-url", server.operator_url, "--operator-token", server.operator_token],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
