@@ -76,6 +76,12 @@ class Operator:
     async def post(self, path: str, json: Any) -> httpx.Response:
         return await self.http.post(self.url + path, json=json, headers=self.headers)
 
+    async def get(self, path: str, params: dict | None = None) -> httpx.Response:
+        return await self.http.get(self.url + path, params=params, headers=self.headers)
+
+    async def patch(self, path: str, json: Any) -> httpx.Response:
+        return await self.http.patch(self.url + path, json=json, headers=self.headers)
+
     async def wallet_address(
         self, path: str, asset_code: str = "USD", asset_scale: int = 2, public_name: str | None = None, owner: str | None = None
     ) -> dict:

@@ -8,6 +8,8 @@ from opay.actors.messages import BindQuote, Failed, OpenQuote, State, UnbindQuot
 from opay.actors.replies import failed, not_found
 from opay.domain import quote as rules
 from opay.domain.errors import DomainError
+from opay.persistence import keys
+from opay.persistence.snapshots import SideEffect
 
 
 def open_quote(command: OpenQuote, state: rules.Quote | None, step: Step) -> None:
@@ -15,6 +17,8 @@ def open_quote(command: OpenQuote, state: rules.Quote | None, step: Step) -> Non
         step.reply = Failed("conflict", "exists", "a quote with this id exists")
         return
     step.state = command.quote
+    # Listed per wallet address for the operator (quotes have no client list route).
+    step.effects.append(SideEffect("zadd", keys.index(ids.QUOTE.prefix, command.quote.wallet_address), command.quote.created_at_ms, command.entity_id))
     step.reply = State(command.quote)
 
 

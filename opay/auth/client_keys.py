@@ -64,7 +64,12 @@ class ClientKeys:
 
     async def _fetch(self, wallet_address_url: str) -> list[Jwk]:
         if wallet_address_url.startswith(self._prefix):
-            return await self._wallets.keys_of(wallet_address_url[len(self._prefix) :])
+            path = wallet_address_url[len(self._prefix) :]
+            wallet = await self._wallets.get(path)
+            if wallet is not None and not wallet.active:
+                # Its jwks.json is gone (404) for other servers too: it signs nothing more.
+                raise ClientUnusable(wallet_address_url, "the wallet address is deactivated")
+            return await self._wallets.keys_of(path)
         if "?" in wallet_address_url or "#" in wallet_address_url:
             raise ClientUnusable(wallet_address_url, "a wallet address has no query or fragment")
         try:

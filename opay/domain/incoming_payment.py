@@ -7,6 +7,8 @@ timer can never let money into an expired payment.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import msgspec
 
 from opay.domain.amounts import UINT64_MAX, Asset
@@ -90,6 +92,18 @@ def open_payment(
 
 def is_expired(payment: IncomingPayment, now_ms: int) -> bool:
     return payment.expired or now_ms >= payment.expires_at_ms
+
+
+Status = Literal["pending", "completed", "expired"]
+STATUSES: tuple[Status, ...] = get_args(Status)
+
+
+def status(payment: IncomingPayment, now_ms: int) -> Status:
+    """Completed (paid in full, or completed by its client) wins over expired: nothing more
+    can come in either way, and completed says the payee was done with it."""
+    if payment.completed:
+        return "completed"
+    return "expired" if is_expired(payment, now_ms) else "pending"
 
 
 def credit(payment: IncomingPayment, amount: int, now_ms: int) -> tuple[IncomingPayment, CreditOutcome]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fractions import Fraction
+from typing import Literal, get_args
 
 import msgspec
 
@@ -58,6 +59,18 @@ class Quote(msgspec.Struct, frozen=True, kw_only=True, tag="quote"):
     used: bool = False
     # A receiver on another server (schema 3): None for a receiver of this server.
     remote: Remote | None = None
+
+
+Status = Literal["open", "used", "expired"]
+STATUSES: tuple[Status, ...] = get_args(Status)
+
+
+def status(quote: Quote, now_ms: int) -> Status:
+    """Used: it backs a payment (whatever became of it); expired: unused past expiresAt;
+    open: it may still back one."""
+    if quote.used:
+        return "used"
+    return "expired" if now_ms >= quote.expires_at_ms else "open"
 
 
 def upgrade_from_schema_1(fields: dict) -> dict:

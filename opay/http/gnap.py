@@ -30,6 +30,7 @@ from opay.http.resources import canonical_uuid
 from opay.http.routing import Prefix
 from opay.http.security import client_key, verify_request_signature
 from opay.http.services import Services, read_body, services
+from opay.http.wallet_state import INACTIVE, local_wallet
 from opay.persistence.wallet_addresses import Jwk
 
 
@@ -147,8 +148,29 @@ async def _signed_by(request: Request, s: Services, body: bytes, client: ClientR
 
 
 async def _wallet_asset(s: Services, url: str) -> Asset | None:
-    wallet = await s.wallet_by_url(url)
+    """An access item's identifier: the asset of this server's wallet address it names,
+    None for any other URL; a deactivated one is refused (400 invalid_request, the only
+    400 code the spec gives a grant request for what it asks)."""
+    wallet = await local_wallet(s, url)
+    if wallet is not None and not wallet.active:
+        raise ApiError(
+            400, "invalid_request", f"identifier {url} is a deactivated wallet address", {"identifier": url, "reason": INACTIVE}
+        )
     return None if wallet is None else wallet.asset
+
+
+async def _refuse_inactive_client(s: Services, client: ClientRef) -> None:
+    """A client named by a deactivated wallet address of this server is not allowed to ask
+    (400 invalid_client, GNAP's code for a client the server will not serve), whatever its
+    keys: read from Redis here, as the key cache may not know of the deactivation yet."""
+    wallet = None if client.walletAddress is None else await local_wallet(s, client.walletAddress)
+    if wallet is not None and not wallet.active:
+        raise ApiError(
+            400,
+            "invalid_client",
+            "the client's wallet address is deactivated",
+            {"walletAddress": client.walletAddress, "reason": INACTIVE},
+        )
 
 
 def _finish(interact: InteractRequest) -> Finish | None:
@@ -206,6 +228,7 @@ async def request_grant(request: Request) -> Response:
     except ApiError as error:
         raise ApiError(400, "invalid_request", error.description) from None
     client = _client(grant_request.client)
+    await _refuse_inactive_client(s, client)
     await _signed_by(request, s, body, client)
     if grant_request.access_token is None:
         raise ApiError(400, "invalid_request", "access_token is required: subject-only grants are not offered")

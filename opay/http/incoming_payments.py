@@ -19,7 +19,8 @@ from opay.http import routing, wire  # noqa: F401  (routing registers the path c
 from opay.http.errors import ApiError
 from opay.http.pagination import list_resources
 from opay.http.resources import authenticated, create_request, json, path_uuid, readable
-from opay.http.services import Services, read_body, services
+from opay.http.services import Services, expected, read_body, services
+from opay.http.wallet_state import active_wallet
 
 KIND = "ip"
 PATH = "/incoming-payments"
@@ -43,10 +44,17 @@ def with_methods(s: Services, payment: IncomingPayment) -> wire.IncomingPaymentV
 
 async def create(request: Request) -> Response:
     asked = await create_request(request, "incoming-payment", wire.CreateIncomingPaymentBody)
-    s, parsed, principal, metadata = asked.s, asked.body, asked.principal, asked.metadata
-    wallet = await s.wallet_by_url(parsed.walletAddress)
-    if wallet is None:
-        raise ApiError(400, "unknown_wallet_address", "walletAddress is not a wallet address of this server")
+    payment = await open_incoming_payment(asked.s, asked.body, asked.metadata, client=asked.principal.client.identity)
+    return json(201, with_methods(asked.s, payment))
+
+
+async def open_incoming_payment(
+    s: Services, parsed: wire.CreateIncomingPaymentBody, metadata: bytes | None, *, client: str | None
+) -> IncomingPayment:
+    """The one create of an incoming payment, a client's or the operator's (`client` None:
+    an invoice of the ASE's): the body checked against its wallet address and the domain's
+    rules, then opened by its entity."""
+    wallet = await active_wallet(s, parsed.walletAddress)
     incoming_amount = None
     if parsed.incomingAmount is not None:
         incoming_amount, asset = parsed.incomingAmount.parse("incomingAmount")
@@ -55,7 +63,7 @@ async def create(request: Request) -> Response:
     payment = rules.open_payment(
         payment_id=str(uuid.uuid4()),
         wallet_address=parsed.walletAddress,
-        client=principal.client.identity,
+        client=client,
         asset=wallet.asset,
         incoming_amount=incoming_amount,
         expires_at_ms=expires_at,
@@ -65,8 +73,8 @@ async def create(request: Request) -> Response:
             s.settings.incoming_payment_default_expiry_seconds * 1000, s.settings.incoming_payment_max_expiry_seconds * 1000
         ),
     )
-    reply = await s.ask(OpenIncomingPayment(entity_id(payment.id), payment), expect=State)
-    return json(201, with_methods(s, reply.state))
+    command = OpenIncomingPayment(entity_id(payment.id), payment)
+    return expected(command, (await s.ask(command, expect=State)).state, IncomingPayment)
 
 
 async def get(request: Request) -> Response:

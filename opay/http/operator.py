@@ -1,4 +1,5 @@
-"""The operator API (the ASE's side): wallet addresses, keys, credits, token introspection.
+"""The operator API (the ASE's side): wallet addresses, keys, credits, rates and fees,
+token introspection. Payments and quotes: operator_resources.py and operator_invoices.py.
 
 Served on its own port and guarded by `Authorization: Bearer <OPAY_OPERATOR_TOKEN>`.
 """
@@ -21,12 +22,14 @@ from opay.clock import now_ms
 from opay.domain.amounts import Asset, parse_uint64
 from opay.domain.exchange import BASIS_POINTS, FeeSchedule, parse_rate
 from opay.domain.outgoing_payment import OutgoingPayment
+from opay.domain.times import format_ms
 from opay.http import consent, wire
 from opay.http.errors import ApiError
 from opay.http.incoming_payments import entity_id
 from opay.http.resources import canonical_uuid, json, uuid_in_url
 from opay.http.routing import Prefix
 from opay.http.services import Services, expected, read_body, services
+from opay.http.wallet_addresses import Jwks
 from opay.persistence.wallet_addresses import Jwk, WalletAddress
 
 # Lowercase segments; the first may not shadow a route of the public server.
@@ -51,10 +54,11 @@ class WalletAddressBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
 
 
 class WalletAddressPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Absent: unchanged; null: cleared. The asset never changes."""
+    """Absent: unchanged; null: cleared (`active` is never null). The asset never changes."""
 
     publicName: str | None | msgspec.UnsetType = msgspec.UNSET
     owner: Owner | None | msgspec.UnsetType = msgspec.UNSET
+    active: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 class KeyBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -92,8 +96,16 @@ class IntrospectBody(msgspec.Struct, frozen=True):
 # The operator API's answers (besides the resources' own views, wire.py).
 
 
+class OperatorWalletAddressView(wire.WalletAddressView, frozen=True, kw_only=True):
+    """The public document, and what only the operator sees: the owner (in the parent
+    view), whether it is active, and when it was created."""
+
+    active: bool
+    created_at: str
+
+
 class WalletAddressList(msgspec.Struct, frozen=True):
-    result: list[wire.WalletAddressView]
+    result: list[OperatorWalletAddressView]
 
 
 class CreditView(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -108,10 +120,18 @@ class RatesView(msgspec.Struct, frozen=True):
     rates: dict[str, str]
 
 
+class RatesList(msgspec.Struct, frozen=True):
+    result: list[RatesView]
+
+
 class FeesView(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     asset_code: str
     fixed: str
     basis_points: int
+
+
+class FeesList(msgspec.Struct, frozen=True):
+    result: list[FeesView]
 
 
 class Health(msgspec.Struct, frozen=True):
@@ -143,9 +163,17 @@ async def create_wallet_address(request: Request) -> Response:
     return json(201, _operator_view(s, wallet))
 
 
-def _operator_view(s: Services, wallet: WalletAddress) -> wire.WalletAddressView:
-    """The public document, and the owner, which only the operator sees."""
-    return wire.wallet_address(wallet, s.settings.public_url, with_owner=True)
+def _operator_view(s: Services, wallet: WalletAddress) -> OperatorWalletAddressView:
+    public = wire.wallet_address(wallet, s.settings.public_url, with_owner=True)
+    return OperatorWalletAddressView(**msgspec.structs.asdict(public), active=wallet.active, created_at=format_ms(wallet.created_at_ms))
+
+
+async def _wallet(s: Services, path: str) -> WalletAddress:
+    """The wallet address as Redis holds it now (never a cache: the operator sees its edits)."""
+    wallet = await s.wallets.get(path)
+    if wallet is None:
+        raise ApiError(404, "not_found", "no such wallet address")
+    return wallet
 
 
 async def list_wallet_addresses(request: Request) -> Response:
@@ -153,20 +181,41 @@ async def list_wallet_addresses(request: Request) -> Response:
     return json(200, WalletAddressList([_operator_view(s, wallet) for wallet in await s.wallets.list(LIST_MAX)]))
 
 
+async def get_wallet_address(request: Request) -> Response:
+    s = _operator(request)
+    return json(200, _operator_view(s, await _wallet(s, request.path_params["path"])))
+
+
+async def list_keys(request: Request) -> Response:
+    """Its keys, also while it is deactivated (when its public jwks.json is a 404)."""
+    s = _operator(request)
+    wallet = await _wallet(s, request.path_params["path"])
+    return json(200, Jwks(await s.wallets.keys_of(wallet.path)))
+
+
 async def patch_wallet_address(request: Request) -> Response:
-    """Change the public name or the owner (who may decide consent on the built-in page)."""
+    """Change the public name, the owner (who may decide consent on the built-in page), or
+    whether it is active (wallet_state.py: what a deactivated one refuses)."""
     s = _operator(request)
     path = request.path_params["path"]
     body = wire.decode_body(await read_body(request, s.settings.body_max_bytes), WalletAddressPatch)
+    if body.active is False and path == s.settings.client_wallet_address:
+        raise ApiError(
+            409,
+            "client_identity",
+            "this wallet address is the server's own client identity (OPAY_CLIENT_WALLET_ADDRESS): other servers verify its signatures by its keys",
+        )
     changes = {
         field: value
-        for field, value in (("public_name", body.publicName), ("owner", body.owner))
+        for field, value in (("public_name", body.publicName), ("owner", body.owner), ("active", body.active))
         if value is not msgspec.UNSET
     }
     wallet = await s.wallets.update(path, changes)
     if wallet is None:
         raise ApiError(404, "not_found", "no such wallet address")
+    # This front end sees the edit at once; every decision on `active` reads Redis anyway.
     s.forget_wallet(path)
+    s.client_keys.forget(s.wallet_url(path))
     return json(200, _operator_view(s, wallet))
 
 
@@ -241,6 +290,39 @@ async def put_rates(request: Request) -> Response:
     return json(200, RatesView(base, table))
 
 
+async def get_rates(request: Request) -> Response:
+    """The operator-set table from one base, as written (with OPAY_RATES_URL set, quotes
+    use that service instead); 404 when there is none."""
+    s = _operator(request)
+    base = _asset_code(request, "base")
+    table = await s.pricing.table(base)
+    if not table:
+        raise ApiError(404, "not_found", f"no rates table from {base}")
+    return json(200, RatesView(base, table))
+
+
+async def list_rates(request: Request) -> Response:
+    s = _operator(request)
+    tables = await s.pricing.tables(LIST_MAX)
+    return json(200, RatesList([RatesView(base, table) for base, table in tables.items()]))
+
+
+def _fees_view(code: str, schedule: FeeSchedule) -> FeesView:
+    return FeesView(asset_code=code, fixed=str(schedule.fixed), basis_points=schedule.basis_points)
+
+
+async def get_fees(request: Request) -> Response:
+    """The fees quotes from this asset charge: none (zeros) until some are PUT."""
+    s = _operator(request)
+    code = _asset_code(request, "asset_code")
+    return json(200, _fees_view(code, await s.pricing.fees(code)))
+
+
+async def list_fees(request: Request) -> Response:
+    s = _operator(request)
+    return json(200, FeesList([_fees_view(code, schedule) for code, schedule in (await s.pricing.all_fees(LIST_MAX)).items()]))
+
+
 async def put_fees(request: Request) -> Response:
     """Sending fees for one asset: {"fixed": "<uint64 smallest units>", "basisPoints": 0..10000}."""
     s = _operator(request)
@@ -248,7 +330,7 @@ async def put_fees(request: Request) -> Response:
     body = wire.decode_body(await read_body(request, s.settings.body_max_bytes), FeesBody)
     schedule = FeeSchedule(fixed=parse_uint64(body.fixed, "fixed"), basis_points=body.basisPoints)
     await s.pricing.set_fees(code, schedule)
-    return json(200, FeesView(asset_code=code, fixed=str(schedule.fixed), basis_points=schedule.basis_points))
+    return json(200, _fees_view(code, schedule))
 
 
 def _outgoing_payment_id(request: Request) -> str:
@@ -312,12 +394,18 @@ ROUTES = [
         routes=[
             Route("/{path:path}/keys/{kid}", revoke_key, methods=["DELETE"], name="key"),
             Route("/{path:path}/keys", add_key, methods=["POST"], name="keys"),
+            Route("/{path:path}/keys", list_keys, methods=["GET"], name="list-keys"),
             Route("/{path:path}", patch_wallet_address, methods=["PATCH"], name="update"),
+            Route("/{path:path}", get_wallet_address, methods=["GET"], name="get"),
         ],
     ),
     Route("/credits", credit, methods=["POST"], name="credits"),
+    Route("/rates", list_rates, methods=["GET"], name="rates-tables"),
     Route("/rates/{base}", put_rates, methods=["PUT"], name="rates"),
+    Route("/rates/{base}", get_rates, methods=["GET"], name="get-rates"),
+    Route("/fees", list_fees, methods=["GET"], name="all-fees"),
     Route("/fees/{asset_code}", put_fees, methods=["PUT"], name="fees"),
+    Route("/fees/{asset_code}", get_fees, methods=["GET"], name="get-fees"),
     Prefix(
         "/outgoing-payments",
         name="outgoing-payment",

@@ -52,9 +52,10 @@ from opay.domain.quote import Quote
 from opay.http import routing, wire  # noqa: F401  (routing registers the path convertors of ROUTES)
 from opay.http.errors import ApiError
 from opay.http.pagination import list_resources
-from opay.http.quotes import price_quote, sender_wallet
+from opay.http.quotes import price_quote
 from opay.http.resources import authenticated, create_request, json, readable, uuid_in_url
 from opay.http.services import expected, services
+from opay.http.wallet_state import known_wallet, require_active
 from opay.ilp.links import remote_delivery
 
 KIND = "op"
@@ -108,7 +109,7 @@ async def create(request: Request) -> Response:
         raise ApiError(400, "invalid_request", "give quoteId, or incomingPayment with debitAmount")
     key = None if by_quote else idempotency_key(request)  # with a quote, the quote is the key
     limits = parse_limits(principal.permit.item.limits)
-    sender = await sender_wallet(s, parsed.walletAddress)
+    sender = await known_wallet(s, parsed.walletAddress)
     now = now_ms()
     client = principal.client.identity
     quote: Quote | None = None
@@ -152,6 +153,8 @@ async def create(request: Request) -> Response:
         existing = await s.queries.entity(ids.OUTGOING_PAYMENT(payment_id))
         if isinstance(existing, (OutgoingPayment, Abandoned)):
             return await _created(s, rules.retried(existing, attempt, now), limits, caller.grant)
+    # Only now: a retry of a payment made before its wallet address was deactivated gets it.
+    require_active(sender, parsed.walletAddress)
     # A receiver on another server: read now (its ILP address, shared secret and room),
     # before anything is bound or reserved, so an unreachable one costs nothing.
     remote_terms = None if quote is None else quote.remote

@@ -62,19 +62,31 @@ def parse_page_query(request: Request, default_count: int) -> PageQuery:
 
 
 async def page_response(
-    queries: Queries, index: str, query: PageQuery, kind: str, view: Callable[[object], object]
+    queries: Queries,
+    index: str,
+    query: PageQuery,
+    kind: str,
+    view: Callable[[object], object],
+    keep: Callable[[object], bool] | None = None,
 ) -> Page:
+    """One page of an index as the spec shapes it; `keep`: only the items it keeps (the
+    operator's state filter, see Queries.page for what the page then promises)."""
     try:
-        page = await queries.page(index, None if query.cursor is None else f"{kind}:{query.cursor}", query.direction, query.count)
+        page = await queries.page(index, None if query.cursor is None else f"{kind}:{query.cursor}", query.direction, query.count, keep)
     except CursorNotFound:
         raise ApiError(400, "invalid_cursor", "cursor does not name an item of this list") from None
     pagination = PageInfo(
-        startCursor=page.items[0].id if page.items else None,
-        endCursor=page.items[-1].id if page.items else None,
+        startCursor=_cursor(page.start),
+        endCursor=_cursor(page.end),
         hasNextPage=page.has_next,
         hasPreviousPage=page.has_previous,
     )
     return Page(pagination, [view(item) for item in page.items])
+
+
+def _cursor(member: str | None) -> str | None:
+    """An index member (an entity id) as a cursor: the resource's own id."""
+    return None if member is None else member.partition(":")[2]
 
 
 async def list_resources(request: Request, resource_type: str, kind: str, view: Callable[[object, str], object]) -> Page:

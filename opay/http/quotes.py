@@ -22,19 +22,13 @@ from opay.http import routing, wire  # noqa: F401  (routing registers the path c
 from opay.http.errors import ApiError
 from opay.http.resources import create_request, is_local_url, json, local_incoming_payment, readable
 from opay.http.services import Services, services
+from opay.http.wallet_state import active_wallet
 from opay.persistence.wallet_addresses import WalletAddress
 from opay.pricing import RatesUnavailable
 from opay.remote.probe import INSUFFICIENT, UNREACHABLE
 from opay.remote.receivers import RemoteIncomingPayment
 
 PATH = "/quotes"
-
-
-async def sender_wallet(s: Services, url: str) -> WalletAddress:
-    wallet = await s.wallet_by_url(url)
-    if wallet is None:
-        raise ApiError(400, "unknown_wallet_address", "walletAddress is not a wallet address of this server")
-    return wallet
 
 
 class Receiver(msgspec.Struct, frozen=True, kw_only=True):
@@ -156,7 +150,7 @@ async def create(request: Request) -> Response:
         raise ApiError(400, "invalid_request", "method must be ilp")
     if parsed.debitAmount is not None and parsed.receiveAmount is not None:
         raise ApiError(400, "invalid_request", "give debitAmount or receiveAmount, not both")
-    sender = await sender_wallet(s, parsed.walletAddress)
+    sender = await active_wallet(s, parsed.walletAddress)
     receiver, priced = await price_quote(
         s, sender=sender, receiver_url=parsed.receiver, debit=parsed.debitAmount, receive=parsed.receiveAmount, remote=True
     )

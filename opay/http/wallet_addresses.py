@@ -54,7 +54,9 @@ class DidDocument(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 async def _known(request: Request) -> tuple[Services, WalletAddress]:
     s = services(request)
     wallet = await s.wallet(request.path_params["path"])
-    if wallet is None:
+    # A deactivated one is gone for the public, as Rafiki answers (the spec gives GET only
+    # 200 and 404): no document, no keys to verify its signatures by.
+    if wallet is None or not wallet.active:
         raise ApiError(404, "not_found", "no such wallet address")
     return s, wallet
 
@@ -97,7 +99,8 @@ async def get_did_document(request: Request) -> Response:
 async def unmatched(request: Request) -> Response:
     """No route takes this method on this path (or no route this path)."""
     allowed = allowed_methods(request.app.router.routes, request.scope, skip=(unmatched, get_wallet_address))
-    if not allowed and await services(request).wallet(request.path_params["path"]) is not None:
+    wallet = None if allowed else await services(request).wallet(request.path_params["path"])
+    if wallet is not None and wallet.active:
         allowed = {"GET", "HEAD"}
     if allowed:
         raise ApiError(405, "method_not_allowed", f"{request.method} is not allowed here", headers={"Allow": ", ".join(sorted(allowed))})

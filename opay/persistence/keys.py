@@ -86,6 +86,9 @@ def rates(base: str) -> str:
     return f"{PREFIX}:rates:{base}"
 
 
+RATE_BASES = f"{PREFIX}:rate-bases"  # a sorted set (scores 0, so by name): every base with a table
+
+
 # ILP peers (opay/ilp/peers.py).
 PEERS = f"{PREFIX}:peers"  # a set: every peer's name
 PEER_TOKENS = f"{PREFIX}:peer-tokens"  # a hash: sha256(incoming token) hex -> peer name

@@ -1,10 +1,13 @@
 """The read side: snapshots straight from Redis, without a Ray hop.
 
 Redis holds every acknowledged state (write-through before reply), so a read here sees
-everything a client was ever told happened. A page of a list is one round trip.
+everything a client was ever told happened. A page of a list is one round trip (a filtered
+one, a bounded few).
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import msgspec
 import redis.asyncio as aioredis
@@ -13,7 +16,7 @@ from opay.persistence import keys
 from opay.persistence.codec import SnapshotCodec
 
 # KEYS[1] the index. ARGV: cursor ('' for none), direction ('first' | 'last'), count.
-# Returns {start rank, total, snapshot...}; start -1 when the cursor is not in the index.
+# Returns {start rank, total, member, snapshot, ...}; start -1 when the cursor is not in the index.
 _PAGE = """
 local total = redis.call('ZCARD', KEYS[1])
 local count = tonumber(ARGV[3])
@@ -31,6 +34,7 @@ local out = {start, total}
 if count <= 0 then return out end
 local ids = redis.call('ZRANGE', KEYS[1], start, stop)
 for _, id in ipairs(ids) do
+  out[#out + 1] = id
   out[#out + 1] = redis.call('HGET', 'opay:e:' .. id, 's') or ''
 end
 return out
@@ -38,10 +42,21 @@ return out
 assert keys.entity("x") == "opay:e:x", "the page script hard-codes the entity key shape"
 
 
+# A filtered page reads at most this many snapshots: a filter that matches rarely ends a
+# page early (with a cursor to go on from) rather than reading a whole index.
+SCAN_MAX = 1000
+CHUNK = 100  # snapshots per round trip of a filtered page
+
+
 class Page(msgspec.Struct, frozen=True):
-    items: list  # entity states
+    items: list  # entity states, in index order
     has_previous: bool
     has_next: bool
+    # The index members to go on from: backwards from `start`, forwards from `end`. The
+    # first and last item's, except where a filtered page stopped at SCAN_MAX: there, the
+    # last member it read (which need not match). None: nothing to go on from.
+    start: str | None = None
+    end: str | None = None
 
 
 class CursorNotFound(Exception):
@@ -72,18 +87,58 @@ class Queries:
         raw = await self._client.hget(keys.entity(entity_id), "s")
         return None if raw is None else self._decode(raw, entity_id)
 
+    async def ping(self) -> None:
+        """Redis answers (GET /readyz); raises a RedisError when it does not."""
+        await self._client.ping()
+
     async def webhook_depth(self) -> tuple[int, int]:
         """(pending, dead) webhook events, in one round trip (opay/outbox/store.py's sets)."""
         async with self._client.pipeline(transaction=False) as pipe:
             pending, dead = await pipe.zcard(keys.WEBHOOK_DUE).zcard(keys.WEBHOOK_DEAD).execute()
         return int(pending), int(dead)
 
-    async def page(self, index_key: str, cursor: str | None, direction: str, count: int) -> Page:
+    async def page(
+        self, index_key: str, cursor: str | None, direction: str, count: int, keep: Callable[[object], bool] | None = None
+    ) -> Page:
+        """Up to `count` items after (`first`) or before (`last`) the member `cursor`.
+        Unfiltered, one round trip. With `keep`, only the states it keeps, read CHUNK at a
+        time and at most SCAN_MAX; `has_next`/`has_previous` then say whether the index goes
+        on past the page that way, not whether what follows matches (a last page may be
+        empty). The side the page was not read towards: whether a cursor led here."""
         assert direction in ("first", "last") and 1 <= count <= 100
+        forwards = direction == "first"
+        kept: list[tuple[str, object]] = []
+        frontier, more, budget = cursor, True, count if keep is None else SCAN_MAX
+        while more and len(kept) < count and budget > 0:
+            chunk, before, after = await self._window(index_key, frontier, direction, count if keep is None else min(CHUNK, budget))
+            more = after if forwards else before
+            ordered = chunk if forwards else chunk[::-1]
+            for position, (member, state) in enumerate(ordered):
+                frontier, budget = member, budget - 1
+                if state is not None and (keep is None or keep(state)):
+                    kept.append((member, state))
+                    if len(kept) == count:
+                        more = more or position < len(ordered) - 1
+                        break
+            if not chunk:
+                break
+        outer = frontier if more and len(kept) < count else (kept[-1][0] if kept else None)
+        inner = kept[0][0] if kept else None
+        items = [state for _, state in kept]
+        if forwards:
+            return Page(items=items, has_previous=cursor is not None, has_next=more, start=inner, end=outer)
+        return Page(items=items[::-1], has_previous=more, has_next=cursor is not None, start=outer, end=inner)
+
+    async def _window(self, index_key: str, cursor: str | None, direction: str, count: int) -> tuple[list[tuple[str, object | None]], bool, bool]:
+        """One round trip: (member, state or None if its snapshot is gone) in index order,
+        whether the index holds members before them, and after them."""
         answer = await self._page(keys=[index_key], args=[cursor or "", direction, count])
         start, total = int(answer[0]), int(answer[1])
         if start < 0:
             raise CursorNotFound(cursor)
-        items = [self._decode(raw, f"an item of {index_key}") for raw in answer[2:] if raw]
-        stop = start + len(answer) - 2
-        return Page(items=items, has_previous=start > 0, has_next=stop < total)
+        pairs = answer[2:]
+        members = [
+            (pairs[i].decode(), self._decode(pairs[i + 1], f"an item of {index_key}") if pairs[i + 1] else None)
+            for i in range(0, len(pairs), 2)
+        ]
+        return members, start > 0, start + len(members) < total

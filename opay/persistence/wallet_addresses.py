@@ -1,6 +1,7 @@
 """Wallet addresses and their public keys. Operator-managed, low rate: plain Redis, no actor.
 
-The asset never changes once created; the public name and the owner are operator-editable."""
+The asset never changes once created; the public name, the owner and whether it is active
+are operator-editable."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ class WalletAddress(msgspec.Struct, frozen=True, kw_only=True):
     # Who may decide its consent on the built-in page: the login proxy's user name. None: nobody.
     owner: str | None = None
     created_at_ms: int
+    # False: deactivated by the operator; it takes no new grants or payments (its existing
+    # payments still settle). Snapshots written before this field read as active.
+    active: bool = True
 
 
 class Jwk(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

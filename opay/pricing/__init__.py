@@ -34,6 +34,11 @@ _rates_decoder = msgspec.json.Decoder(_RatesDocument)
 _fees_decoder = msgspec.msgpack.Decoder(FeeSchedule)
 
 
+def _texts(raw: dict[bytes, bytes]) -> dict[str, str]:
+    """A stored rate table: asset code -> the rate as the operator wrote it, by code."""
+    return {code.decode(): text.decode() for code, text in sorted(raw.items())}
+
+
 class Pricing:
     def __init__(self, client: aioredis.Redis, http: httpx.AsyncClient, *, rates_url: str, cache_seconds: float, timeout_seconds: float = 2.0) -> None:
         self._client = client
@@ -64,11 +69,38 @@ class Pricing:
         pipe.delete(keys.rates(base))
         if texts:
             pipe.hset(keys.rates(base), mapping=texts)
+            pipe.zadd(keys.RATE_BASES, {base: 0})
+        else:
+            pipe.zrem(keys.RATE_BASES, base)
         await pipe.execute()
         self._tables.pop(base, None)
 
     async def set_fees(self, asset_code: str, schedule: FeeSchedule) -> None:
         await self._client.hset(keys.FEES, asset_code, msgspec.msgpack.encode(schedule))
+
+    async def table(self, base: str) -> dict[str, str]:
+        """The operator-set table from `base`, each rate as it was written; {} when none."""
+        return _texts(await self._client.hgetall(keys.rates(base)))
+
+    async def tables(self, limit: int) -> dict[str, dict[str, str]]:
+        """The first `limit` operator-set tables by base (those set since bases were listed)."""
+        bases = [base.decode() for base in await self._client.zrange(keys.RATE_BASES, 0, limit - 1)]
+        pipe = self._client.pipeline(transaction=False)
+        for base in bases:
+            pipe.hgetall(keys.rates(base))
+        found = zip(bases, await pipe.execute())
+        return {base: _texts(raw) for base, raw in found if raw}
+
+    async def all_fees(self, limit: int) -> dict[str, FeeSchedule]:
+        """Up to `limit` assets' fee schedules, by asset code (an asset without one pays none)."""
+        found: dict[bytes, bytes] = {}
+        cursor = 0
+        while len(found) < limit:
+            cursor, page = await self._client.hscan(keys.FEES, cursor, count=limit)
+            found.update(page)
+            if cursor == 0:
+                break
+        return {code.decode(): _fees_decoder.decode(raw) for code, raw in sorted(found.items())[:limit]}
 
     async def _table(self, base: str) -> dict[str, Fraction]:
         now = time.monotonic()
@@ -82,8 +114,7 @@ class Pricing:
         return table
 
     async def _stored(self, base: str) -> dict[str, Fraction]:
-        raw = await self._client.hgetall(keys.rates(base))
-        return {code.decode(): parse_rate(text.decode()) for code, text in raw.items()}
+        return {code: parse_rate(text) for code, text in (await self.table(base)).items()}
 
     async def _fetch(self, base: str) -> dict[str, Fraction]:
         try:
