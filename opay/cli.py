@@ -9,38 +9,62 @@ from pathlib import Path
 
 import uvloop
 
-from opay import runtime
+from opay import reach, runtime
 from opay.actors.cluster import DeploymentMismatch, ShardDirectory, pin_shard_count, start_ray
+from opay.observability import logs
 from opay.persistence import clients
 from opay.persistence.embedded_redis import EmbeddedRedis
 from opay.settings import SettingsError, from_environment
 
 
 def serve() -> int:
+    """A start line per part as it comes up (stdout, for people), then runtime's "opay
+    ready"; on SIGINT/SIGTERM a stop line per part, in reverse, then "opay stopped". Log
+    records go to stderr (opay/observability/logs.py)."""
     show_token = not os.environ.get("OPAY_OPERATOR_TOKEN")
     settings = from_environment()
-    embedded = None
-    redis_url = settings.redis_url
-    if not redis_url:
-        embedded = EmbeddedRedis(Path(settings.data_dir) / "redis", settings.redis_port)
-        embedded.start()
-        redis_url = embedded.url
-        print(f"opay redis        {redis_url}  (AOF under {embedded.data_dir})", flush=True)
+    logs.configure(settings.log_level, settings.log_format)
+    say = runtime.say
+    embedded = shards = None
+    redis_reached = ray_started = False
     try:
+        redis_url = settings.redis_url
+        if redis_url:
+            reach.redis_answers(redis_url, settings.connect_timeout_seconds)
+            say("redis", reach.shown_url(redis_url))
+        else:
+            embedded = EmbeddedRedis(Path(settings.data_dir) / "redis", settings.redis_port)
+            embedded.start()
+            redis_url = embedded.url
+            say("redis", f"{redis_url}  (AOF under {embedded.data_dir})")
+        redis_reached = True
         count = pin_shard_count(clients.blocking(redis_url, settings.redis_timeout_seconds), settings.shards)
-        start_ray(settings)
+        say("ray", start_ray(settings))
+        ray_started = True
         shards = ShardDirectory(settings, redis_url, count)
-        print(f"opay shards       {shards.count} Ray actors (detached)", flush=True)
+        say("shards", f"{shards.count} Ray actors (detached)")
         uvloop.run(runtime.serve(settings, redis_url, shards, show_token=show_token))
+    except reach.Unreachable as error:
+        print(f"opay: {error}", file=sys.stderr, flush=True)
+        return 1
     except DeploymentMismatch as error:
         print(f"opay: refusing to start: {error}", file=sys.stderr, flush=True)
         return 2
     finally:
-        import ray
+        if ray_started:
+            import ray
 
-        ray.shutdown()
+            ray.shutdown()
+            if shards is not None:
+                # A Ray of our own takes its shards with it; a cluster's go on serving other front ends.
+                say("shards", "left running on the cluster (detached)" if settings.ray_address else "stopped")
+            say("ray", "disconnected" if settings.ray_address else "stopped")
         if embedded is not None:
             embedded.stop()
+            say("redis", "stopped")
+        elif redis_reached:
+            say("redis", "disconnected")
+    print("opay stopped", flush=True)
     return 0
 
 

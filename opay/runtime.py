@@ -81,7 +81,7 @@ async def serve(settings: Settings, redis_url: str, shards: Shards, *, show_toke
     # The ASE's own client identity (its wallet address, its key published in jwks.json), with
     # which it reads receivers on other servers (opay/remote/receivers.py).
     client_signer = await ensure_client_identity(settings, client, wallets)
-    log.info("Open Payments client identity %s (key %s)", client_signer.wallet_address, client_signer.keyid)
+    log.debug("Open Payments client identity %s (key %s)", client_signer.wallet_address, client_signer.keyid)
     grants = GrantStore(client, settings.access_token_seconds)
     introspector = Introspector(
         local=None if settings.introspection_url else grants,
@@ -119,7 +119,11 @@ async def serve(settings: Settings, redis_url: str, shards: Shards, *, show_toke
     links = PacketLinks(peers, remote_receivers.resolve, pool_size=settings.stream_packets_in_flight)
     router.links = links
     servers = [
-        _Server(uvicorn.Config(app, host=host, port=port, lifespan="off", access_log=False, log_level="warning", http="httptools"))
+        # log_config=None: uvicorn's loggers go through opay's (opay/observability/logs.py);
+        # its own info lines ("Started server process"...) are below "warning".
+        _Server(
+            uvicorn.Config(app, host=host, port=port, lifespan="off", access_log=False, log_config=None, log_level="warning", http="httptools")
+        )
         for app, host, port in (
             (public_app(services), settings.host, settings.port),
             (operator_app(services), settings.operator_host, settings.operator_port),
@@ -132,12 +136,15 @@ async def serve(settings: Settings, redis_url: str, shards: Shards, *, show_toke
     background = [
         asyncio.create_task(supervise("timers", lambda: due.run(settings.timer_interval_seconds))),
         asyncio.create_task(supervise("revocation listener", lambda: _forget_revoked(client, introspector))),
-        asyncio.create_task(supervise("webhooks", lambda: webhooks.run(client, settings))),
         asyncio.create_task(supervise("peer cache", peers.listen)),
     ]
+    if settings.webhook_url:  # without one there is nothing to send (and the task would return)
+        background.append(asyncio.create_task(supervise("webhooks", lambda: webhooks.run(client, settings))))
     announce = asyncio.create_task(_announce(settings, servers, show_token))
     try:
         await asyncio.gather(*(server.serve() for server in servers))
+        say("public API", "stopped")
+        say("operator API", "stopped")
     finally:
         for task in [*background, announce]:
             task.cancel()
@@ -150,11 +157,16 @@ async def serve(settings: Settings, redis_url: str, shards: Shards, *, show_toke
         await client.aclose()
 
 
+def say(part: str, what: str) -> None:
+    """One line on stdout for a part that started or stopped: people read these."""
+    print(f"opay {part:<12} {what}", flush=True)
+
+
 async def _announce(settings: Settings, servers: list[_Server], show_token: bool) -> None:
     while not all(server.started for server in servers):
         await asyncio.sleep(0.05)
-    print(f"opay public API   {settings.public_url}  (listening on {settings.host}:{settings.port})", flush=True)
-    print(f"opay operator API http://{settings.operator_host}:{settings.operator_port}", flush=True)
+    say("public API", f"{settings.public_url}  (listening on {settings.host}:{settings.port})")
+    say("operator API", f"http://{settings.operator_host}:{settings.operator_port}")
     if show_token:
         print(f"opay operator token {settings.operator_token}  (generated: set OPAY_OPERATOR_TOKEN to choose one)", flush=True)
     token = settings.operator_token if show_token else "$OPAY_OPERATOR_TOKEN"

@@ -10,14 +10,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 
-import ray
-import redis
+# Read by Ray when it is imported (opay imports it only here): a shard's log lines reach the
+# stderr of the front end that started it as the shard wrote them, not behind a
+# "(Shard pid=...)" prefix that would break a JSON line, nor folded into "[repeated 3x]".
+os.environ.setdefault("RAY_DISABLE_WORKER_LOG_PREFIX", "1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
-from opay.actors.shard import Shard
-from opay.persistence import keys
-from opay.settings import Settings
+import ray  # noqa: E402
+import redis  # noqa: E402
+
+from opay import reach  # noqa: E402
+from opay.actors.shard import Shard  # noqa: E402
+from opay.persistence import keys  # noqa: E402
+from opay.settings import Settings  # noqa: E402
 
 NAMESPACE = "opay"
 log = logging.getLogger("opay.cluster")
@@ -26,27 +34,37 @@ log = logging.getLogger("opay.cluster")
 REFRESH_INTERVAL_SECONDS = 1.0
 LOOKUP_TIMEOUT_SECONDS = 10.0
 START_TIMEOUT_SECONDS = 120
+# A Ray whose port answers may still take a while to let a driver in (a head that is still
+# starting); one that never does (a wrong RAY_AUTH_MODE, not a Ray at all) ends the start.
+JOIN_TIMEOUT_SECONDS = 60.0
+_HOST_PORT = re.compile(r"(?:ray://)?(\[[^\]]+\]|[^:/\[\]]+):(\d{1,5})")
 
 
 class DeploymentMismatch(Exception):
     """This process does not fit the deployment it joins (shard count, or shards of another Redis)."""
 
 
-def start_ray(settings: Settings) -> None:
+def start_ray(settings: Settings) -> str:
+    """Join OPAY_RAY_ADDRESS, or start a Ray of our own; what it is, for the start line.
+    Ray's loggers go through opay's (opay/observability/logs.py: its errors only)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if settings.ray_address:
-        ray.init(address=settings.ray_address, namespace=NAMESPACE, logging_level=logging.WARNING)
-        return
+        join_ray(settings.ray_address, settings.connect_timeout_seconds)
+        return f"joined {settings.ray_address}"
     # "local": always a fresh instance of our own, never a cluster someone else started on
     # this machine (plain ray.init() would join it, with their resources and lifetime).
-    ray.init(
-        address="local",
-        namespace=NAMESPACE,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        configure_logging=True,
-        num_cpus=os.cpu_count() or 1,
-    )
+    cpus = os.cpu_count() or 1
+    ray.init(address="local", namespace=NAMESPACE, include_dashboard=False, configure_logging=False, num_cpus=cpus)
+    return f"local, {cpus} CPUs"
+
+
+def join_ray(address: str, connect_timeout_seconds: float) -> None:
+    """ray.init retries an unreachable address for ever: its port must answer within the
+    connect timeout, then the join itself end within JOIN_TIMEOUT_SECONDS (reach.Unreachable)."""
+    endpoint = _HOST_PORT.fullmatch(address)
+    if endpoint is not None:
+        reach.port_answers("Ray", address, endpoint[1].strip("[]"), int(endpoint[2]), connect_timeout_seconds)
+    reach.within(JOIN_TIMEOUT_SECONDS, "Ray", address, lambda: ray.init(address=address, namespace=NAMESPACE, configure_logging=False))
 
 
 def pin_shard_count(client: redis.Redis, requested: int) -> int:
@@ -123,5 +141,13 @@ class ShardDirectory:
                 max_restarts=-1,
                 max_task_retries=0,
             )
-            .remote(n, self._redis_url, settings.shard_max_active_entities, settings.redis_timeout_seconds, bool(settings.webhook_url))
+            .remote(
+                n,
+                self._redis_url,
+                settings.shard_max_active_entities,
+                settings.redis_timeout_seconds,
+                bool(settings.webhook_url),
+                settings.log_level,
+                settings.log_format,
+            )
         )

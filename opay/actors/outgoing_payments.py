@@ -19,6 +19,8 @@ nothing (`reserved=False`) only ever answers an existing payment.
 
 from __future__ import annotations
 
+import logging
+
 import msgspec
 
 from opay.actors import ids
@@ -49,6 +51,8 @@ from opay.ilp.packet import Fulfill, Prepare, Reject, decode_packet
 from opay.ilp.peers import record_sent
 from opay.persistence import keys
 from opay.persistence.snapshots import SideEffect
+
+log = logging.getLogger("opay.outgoing_payments")
 
 RETRY_MS = 5_000
 # A remote payment's packets unanswered this long are sent again, byte for byte (the
@@ -171,6 +175,10 @@ def _resume_remote(payment: rules.OutgoingPayment, step: Step) -> None:
         state = msgspec.structs.replace(state, max_source=state.max_source - source)
         remote = msgspec.structs.replace(remote, unsure_source=remote.unsure_source + source, unsure_dest=remote.unsure_dest + dest)
     payment = msgspec.structs.replace(payment, remote=remote)
+    if lost or state.in_flight:
+        log.warning(
+            "outgoing payment %s: %d packets unanswered, resent; %d expired, abandoned", payment.id, len(state.in_flight), before - len(state.in_flight)
+        )
     _drive(payment, state, step, resend=bool(state.in_flight))
 
 
@@ -293,6 +301,10 @@ def resume(command: ResumeOutgoingPayment, state: rules.OutgoingPayment | rules.
     if state.phase == "sending" and state.remote is not None:
         _resume_remote(state, step)
     else:
+        if state.phase == "sending" or (state.failed and not state.grant_released):
+            # Its due time came with the answer still missing: what it asked, it asks again.
+            asked = "its receiver's credit" if state.phase == "sending" else "its grant's release"
+            log.warning("outgoing payment %s: %s unanswered; asking again", state.id, asked)
         _pursue(state, step)
     step.reply = Nothing()
 

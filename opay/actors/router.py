@@ -94,6 +94,7 @@ class ShardRouter:
         n = shard_of(command.entity_id, self._shards.count)
         queue = self._queues[n]
         if len(queue) >= self._queue_max:
+            log.warning("refused %s for %s: %d commands already wait for shard %d", tag_of(command), command.entity_id, len(queue), n)
             return BACK_PRESSURE
         reply: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         queue.append((payload, reply))
@@ -102,6 +103,7 @@ class ShardRouter:
             # On timeout the future is cancelled: a pump that has not sent it yet skips it.
             return await asyncio.wait_for(reply, deadline)
         except asyncio.TimeoutError:
+            log.warning("%s for %s: no answer from shard %d within %.1f s", tag_of(command), command.entity_id, n, deadline)
             return DEADLINE
 
     async def ask_until_known(self, command: Command, deadline_seconds: float | None = None) -> Reply:
@@ -117,7 +119,7 @@ class ShardRouter:
         reply = await self.ask(command, min(self._deadline, total / 2))
         left = total - (loop.time() - started)
         if isinstance(reply, Failed) and reply.code in UNKNOWN_OUTCOME and left > 0:
-            log.info("outcome of %s for %s unknown (%s); asking again", tag_of(command), command.entity_id, reply.code)
+            log.warning("outcome of %s for %s unknown (%s); asking again", tag_of(command), command.entity_id, reply.code)
             reply = await self.ask(command, min(self._deadline, left))
         return reply
 

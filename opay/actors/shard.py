@@ -10,6 +10,7 @@ from opay.actors import registry
 from opay.actors.entity import EntityHost
 from opay.actors.messages import Command, CreditIncomingPayment, Credited, Failed, Reply, encode
 from opay.domain.outgoing_payment import OutgoingPayment
+from opay.observability import logs
 from opay.observability.tally import ShardTally
 from opay.persistence import clients
 from opay.persistence.snapshots import SnapshotStore
@@ -19,7 +20,12 @@ class Shard:
     """A synchronous actor on purpose: Ray runs its calls one at a time, which is the
     per-entity serial order the rules rely on, at half the CPU cost of an async actor."""
 
-    def __init__(self, index: int, redis_url: str, max_active: int, redis_timeout_seconds: float, emit_events: bool) -> None:
+    def __init__(
+        self, index: int, redis_url: str, max_active: int, redis_timeout_seconds: float, emit_events: bool, log_level: str, log_format: str
+    ) -> None:
+        # The front end's log settings: the same lines, from Ray's worker process (its
+        # stderr: Ray's worker-*.err files, and the stderr of the front end that started it).
+        logs.configure(log_level, log_format, static={"shard": index})
         self.index = index
         self._redis_url = redis_url
         client = clients.blocking(redis_url, redis_timeout_seconds)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import redis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp
 
 from opay.domain.errors import DomainError
 from opay.http import errors, gnap, ilp, incoming_payments, operator, outgoing_payments, peers, quotes, wallet_addresses
 from opay.http import metrics
 from opay.http import operator_invoices, operator_resources
 from opay.http import operator_grants, operator_webhooks
+from opay.http.middleware import RequestLog
 from opay.http.services import Services
 from opay.persistence.queries import Unreadable
 
@@ -33,13 +35,13 @@ PUBLIC_ROUTES = [*incoming_payments.ROUTES, *quotes.ROUTES, *outgoing_payments.R
 OPERATOR_ROUTES = [*operator.ROUTES, *peers.ROUTES, *operator_resources.ROUTES, *operator_invoices.ROUTES, *metrics.ROUTES, *operator_grants.ROUTES, *operator_webhooks.ROUTES]
 
 
-def public_app(services: Services) -> Starlette:
+def public_app(services: Services) -> ASGIApp:
     app = Starlette(routes=PUBLIC_ROUTES, exception_handlers=_exception_handlers())
     app.state.services = services
-    return app
+    return RequestLog(app, server="public", routes=PUBLIC_ROUTES)
 
 
-def operator_app(services: Services) -> Starlette:
+def operator_app(services: Services) -> ASGIApp:
     app = Starlette(routes=OPERATOR_ROUTES, exception_handlers=_exception_handlers())
     app.state.services = services
-    return app
+    return RequestLog(app, server="operator", routes=OPERATOR_ROUTES)

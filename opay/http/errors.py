@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
 from opay.domain.errors import DomainError
+
+log = logging.getLogger("opay.http")
 
 STATUS_OF_KIND = {
     "invalid": 400,
@@ -80,8 +84,11 @@ async def handle_not_found(request: Request, exc: Exception) -> Response:
 
 
 async def handle_unreadable(request: Request, exc: Exception) -> Response:
+    log.error("500 quarantined: %s", exc, exc_info=exc)
     return error_response(500, "quarantined", "a stored resource cannot be read; it is set aside for the operator")
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    # The line carries the request id (opay/observability/logs.py) and the traceback.
+    log.error("500 internal_error: %s: %s", type(exc).__name__, exc, exc_info=exc)
     return error_response(500, "internal_error", "an unexpected error occurred; nothing was acknowledged")

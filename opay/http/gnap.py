@@ -28,6 +28,7 @@ from opay.http import consent, signatures, urls, wire
 from opay.http.errors import ApiError
 from opay.http.resources import canonical_uuid
 from opay.http.routing import Prefix
+from opay.http.middleware import identify
 from opay.http.security import client_key, verify_request_signature
 from opay.http.services import Services, read_body, services
 from opay.http.wallet_state import INACTIVE, local_wallet
@@ -145,6 +146,7 @@ async def _signed_by(request: Request, s: Services, body: bytes, client: ClientR
         await verify_request_signature(request, body, s.settings, key)
     except ApiError as error:
         raise ApiError(401, "invalid_client", error.description) from None
+    identify(request, client.identity, keyid)
 
 
 async def _wallet_asset(s: Services, url: str) -> Asset | None:

@@ -25,6 +25,7 @@ from opay.domain.outgoing_payment import OutgoingPayment
 from opay.domain.times import format_ms
 from opay.http import consent, wire
 from opay.http.errors import ApiError
+from opay.http.middleware import identify
 from opay.http.incoming_payments import entity_id
 from opay.http.resources import canonical_uuid, json, uuid_in_url
 from opay.http.routing import Prefix
@@ -146,6 +147,7 @@ def _operator(request: Request) -> Services:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme != "Bearer" or not secrets.compare_digest(token.strip().encode(), s.settings.operator_token.encode()):
         raise ApiError(401, "unauthorized", "the operator API needs Authorization: Bearer <operator token>")
+    identify(request, "operator")
     return s
 
 

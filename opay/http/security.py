@@ -19,6 +19,7 @@ from opay.auth.grant_states import ClientRef
 from opay.auth.introspection import IntrospectionUnavailable, Introspector
 from opay.http import signatures
 from opay.http.errors import ApiError
+from opay.http.middleware import identify
 from opay.persistence.wallet_addresses import Jwk
 from opay.settings import Settings
 
@@ -135,5 +136,6 @@ async def authenticate(
     if key is None:
         raise unauthorized(settings, "invalid_signature", f"the client has no key {keyid}")
     await verify_request_signature(request, body, settings, key)
+    identify(request, answer.client.identity, keyid)
     assert answer.grant is not None
     return Authenticated(answer.client, answer.access, answer.grant)
