@@ -166,7 +166,7 @@ async def _announce(settings: Settings, servers: list[_Server], show_token: bool
     while not all(server.started for server in servers):
         await asyncio.sleep(0.05)
     say("public API", f"{settings.public_url}  (listening on {settings.host}:{settings.port})")
-    say("operator API", f"http://{settings.operator_host}:{settings.operator_port}")
+    say("operator API", f"http://{settings.operator_host}:{settings.operator_port}  (probes: /healthz, /readyz)")
     if show_token:
         print(f"opay operator token {settings.operator_token}  (generated: set OPAY_OPERATOR_TOKEN to choose one)", flush=True)
     token = settings.operator_token if show_token else "$OPAY_OPERATOR_TOKEN"

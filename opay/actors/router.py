@@ -138,6 +138,16 @@ class ShardRouter:
 
         return list(await asyncio.gather(*(one(n) for n in range(self._shards.count))))
 
+    async def ping(self, deadline_seconds: float) -> list[int]:
+        """The shards that did not answer a ping within the deadline, all asked at once and
+        directly, not behind queued commands (a shard busy with a batch answers after it)."""
+
+        async def one(n: int) -> None:
+            await asyncio.wait_for(self._shards.handle(n).ping.remote(), deadline_seconds)
+
+        answers = await asyncio.gather(*(one(n) for n in range(self._shards.count)), return_exceptions=True)
+        return [n for n, answer in enumerate(answers) if isinstance(answer, BaseException)]
+
     async def close(self) -> None:
         for task in [*self._pumps, *self._tasks]:
             task.cancel()
