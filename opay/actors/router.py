@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -123,30 +123,20 @@ class ShardRouter:
             reply = await self.ask(command, min(self._deadline, left))
         return reply
 
-    async def stats(self, deadline_seconds: float) -> list[dict | None]:
-        """Every shard's `stats()` (opay/actors/shard.py), asked at once; None for a shard
-        that did not answer within the deadline (stopped, restarting, or busy with a batch:
-        a shard runs one call at a time)."""
+    async def each_shard(self, method: str, deadline_seconds: float) -> list[Any | None]:
+        """`method()` of every shard (`stats`, `ping`: opay/actors/shard.py), asked at once and
+        directly, not behind queued commands; None for a shard that did not answer within the
+        deadline (stopped, restarting, or busy with a batch: a shard runs one call at a time)."""
 
-        async def one(n: int) -> dict | None:
+        async def one(n: int) -> Any | None:
             try:
-                return await asyncio.wait_for(self._shards.handle(n).stats.remote(), deadline_seconds)
+                return await asyncio.wait_for(getattr(self._shards.handle(n), method).remote(), deadline_seconds)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 return None
 
         return list(await asyncio.gather(*(one(n) for n in range(self._shards.count))))
-
-    async def ping(self, deadline_seconds: float) -> list[int]:
-        """The shards that did not answer a ping within the deadline, all asked at once and
-        directly, not behind queued commands (a shard busy with a batch answers after it)."""
-
-        async def one(n: int) -> None:
-            await asyncio.wait_for(self._shards.handle(n).ping.remote(), deadline_seconds)
-
-        answers = await asyncio.gather(*(one(n) for n in range(self._shards.count)), return_exceptions=True)
-        return [n for n, answer in enumerate(answers) if isinstance(answer, BaseException)]
 
     async def close(self) -> None:
         for task in [*self._pumps, *self._tasks]:

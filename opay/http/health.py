@@ -37,9 +37,9 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     s = services(request)
     deadline = s.settings.readiness_timeout_seconds
-    redis_up, shards_down = await asyncio.gather(_redis_answers(s, deadline), s.router.ping(deadline))
-    parts = ["redis", *(f"shard {n}" for n in range(s.router.shard_count))]
-    failing = ([] if redis_up else ["redis"]) + [f"shard {n}" for n in shards_down]
+    redis_up, pings = await asyncio.gather(_redis_answers(s, deadline), s.router.each_shard("ping", deadline))
+    parts = ["redis", *(f"shard {n}" for n in range(len(pings)))]
+    failing = ([] if redis_up else ["redis"]) + [f"shard {n}" for n, answer in enumerate(pings) if answer is None]
     if failing:
         return json(503, Readiness("unavailable", parts, failing))
     return json(200, Readiness("ok", parts, []))

@@ -28,7 +28,7 @@ SOURCE_DEADLINE_SECONDS = 1.0
 
 async def scrape(request: Request) -> Response:
     s = services(request)
-    stats, depth = await asyncio.gather(s.router.stats(SOURCE_DEADLINE_SECONDS), _webhook_depth(s))
+    stats, depth = await asyncio.gather(s.router.each_shard("stats", SOURCE_DEADLINE_SECONDS), _webhook_depth(s))
     body, content_type = metrics.exposition([metrics.ShardCollector(stats), metrics.OutboxCollector(depth)], request.headers.get("accept", ""))
     return Response(body, media_type=content_type)
 
