@@ -119,7 +119,7 @@ async def test_the_full_redirect_flow_issues_a_token_with_the_approved_limits(wo
     assert world.receiver["id"] in html and "Alice" in html
     assert "12.34 USD" in html
     assert LIMITS["receiver"] in html
-    assert LIMITS["interval"] in html and "1 month" in html and "12 times" in html
+    assert LIMITS["interval"] in html and "every month" in html and "12 times" in html
     assert "send payments from this wallet address" in html
     assert f'action="{pending["interact"]["redirect"]}/approve"' in html
     assert f'action="{pending["interact"]["redirect"]}/deny"' in html

@@ -24,14 +24,17 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from opay.actors import ids
 from opay.auth.consent import may_decide
 from opay.auth.grant_states import Decided, Grant, finish_redirect, with_query
 from opay.clock import now_ms
+from opay.domain.incoming_payment import IncomingPayment
 from opay.http import consent_page as page
 from opay.http import urls
 from opay.http.errors import ApiError
+from opay.http.resources import is_local_url, uuid_in_url
 from opay.http.services import Services, services
-from opay.persistence.wallet_addresses import WalletAddress
+
 
 def page_url(s: Services, grant: Grant) -> str:
     assert grant.interaction is not None
@@ -84,41 +87,58 @@ async def _page_decides(request: Request, s: Services, grant: Grant) -> bool:
     return may_decide(user, owners)
 
 
-async def _wallets(s: Services, grant: Grant) -> tuple[WalletAddress | None, dict[str, WalletAddress | None]]:
-    """The client's wallet address and those the grant names, as far as they are ours."""
-    client = await s.wallet_by_url(grant.client.walletAddress) if grant.client.walletAddress else None
-    named = {item.identifier: await s.wallet_by_url(item.identifier) for item in grant.access if item.identifier is not None}
-    return client, named
+async def _payee(s: Services, receiver: str) -> page.Party:
+    """A receiver (an incoming payment's URL) by its wallet address, when both are ours.
+    Another server's is shown by its host: showing a page fetches nothing a client named."""
+    host = page.party(receiver, None).name
+    if not is_local_url(s, receiver):
+        return page.Party(host, "a payment request at another provider", receiver)
+    payment_uuid = uuid_in_url(s, receiver, urls.INCOMING_PAYMENTS)
+    payment = None if payment_uuid is None else await s.queries.entity(ids.INCOMING_PAYMENT(payment_uuid))
+    if not isinstance(payment, IncomingPayment):
+        return page.Party(host, "a payment request unknown here", receiver)
+    wallet = page.party(payment.wallet_address, await s.wallet_by_url(payment.wallet_address))
+    return page.Party(wallet.name, f"a payment request of {wallet.address}", receiver)
+
+
+async def _parties(s: Services, grant: Grant) -> dict[str, page.Party]:
+    """Whom the grant names, by URL: the client, the wallet addresses, the payees."""
+    named = [grant.client.walletAddress] + [item.identifier for item in grant.access]
+    parties = {url: page.party(url, await s.wallet_by_url(url)) for url in dict.fromkeys(named) if url is not None}
+    for item in grant.access:
+        receiver = (item.limits or {}).get("receiver")
+        if isinstance(receiver, str) and receiver not in parties:
+            parties[receiver] = await _payee(s, receiver)
+    return parties
 
 
 async def show(request: Request) -> Response:
     s = services(request)
     grant = await s.grants.interactive(request.path_params["grant_id"], request.path_params["nonce"])
     if grant is None:
-        return page.not_found()
-    client, named = await _wallets(s, grant)
+        return page.not_found(s.settings)
     decides = grant.state == "pending" and await _page_decides(request, s, grant)
-    return page.request_page(grant, client, named, page_url(s, grant) if decides else None)
+    return page.request_page(s.settings, grant, await _parties(s, grant), page_url(s, grant) if decides else None)
 
 
 async def _decide(request: Request, approve: bool) -> Response:
     s = services(request)
     grant = await s.grants.interactive(request.path_params["grant_id"], request.path_params["nonce"])
     if grant is None:
-        return page.not_found()
+        return page.not_found(s.settings)
     if _cross_site(request, s) or not await _page_decides(request, s, grant):
         # Whoever holds the link (the client included) is not thereby the wallet's owner.
-        return page.not_here()
+        return page.not_here(s.settings)
     decided = await s.grants.decide(request.path_params["grant_id"], approve, now_ms(), nonce=request.path_params["nonce"])
     if decided is None:
-        return page.not_found()
+        return page.not_found(s.settings)
     grant = decided.grant
     if not decided.changed:
-        return page.already_decided(grant.state)
+        return page.already_decided(s.settings, grant.state)
     redirect = finish_redirect(grant, s.settings.auth_server_url)
     if redirect is not None:
         return RedirectResponse(redirect, status_code=302, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
-    return page.decided(approve)
+    return page.decided(s.settings, grant, await _parties(s, grant))
 
 
 async def approve(request: Request) -> Response:

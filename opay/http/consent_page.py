@@ -1,8 +1,10 @@
-"""The consent page's HTML: plain, every value escaped, no script and no external asset.
+"""The consent page's HTML: what a grant asks, in words a person reads, and the pages that
+answer a decision. Every value is escaped; the page has no script (opay/http/pages.py).
 
-What the page says about a grant (who asks, for which wallet address, to do what, within
-which limits) and the few pages that answer a decision. Who may decide, and what a
-decision does, is for opay/http/consent.py and opay/auth/consent.py.
+Who asks (the client), for which wallet address, to do what, within which limits, until
+when, and how to take it back later. Parties are named, not shown as URLs: a wallet
+address of ours by its public name, anything else by its host. Who may decide, and what
+a decision does, is for opay/http/consent.py and opay/auth/consent.py.
 """
 
 from __future__ import annotations
@@ -10,15 +12,18 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from html import escape
+from urllib.parse import urlsplit
 
+import msgspec
 from starlette.responses import HTMLResponse
 
 from opay.auth.access import AccessItem
 from opay.auth.grant_states import Grant
 from opay.domain.errors import DomainError
-from opay.domain.intervals import parse_interval
-from opay.domain.times import format_ms
+from opay.domain.intervals import RepeatingInterval, parse_interval, repetition_start
+from opay.http.pages import address_text, amount_text, date_text, page
 from opay.persistence.wallet_addresses import WalletAddress
+from opay.settings import Settings
 
 _TYPE_TITLE = {"outgoing-payment": "Send payments", "incoming-payment": "Receive payments", "quote": "Get quotes"}
 _ACTION_TEXT = {
@@ -45,143 +50,201 @@ _ACTION_TEXT = {
 }
 _DURATION_PART = re.compile(r"(\d+)([YMWDHS])")
 _UNIT = {"Y": "year", "M": "month", "W": "week", "D": "day", "H": "hour", "m": "minute", "S": "second"}
-
-_HEADERS = {
-    "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",  # the URL holds the nonce
-    "X-Frame-Options": "DENY",  # no clickjacking of the approve button
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'",
-    "X-Content-Type-Options": "nosniff",
-}
-_STYLE = (
-    "body{font-family:system-ui,sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem;color:#222;line-height:1.45}"
-    "code{word-break:break-all;background:#f4f4f4;padding:0 .2em}section{border:1px solid #ddd;border-radius:6px;padding:.5rem 1rem;margin:1rem 0}"
-    "dt{font-weight:600}dd{margin:0 0 .5rem 0}.warn{color:#a40000;font-weight:600}"
-    "form{display:inline-block;margin-right:1rem}button{font-size:1rem;padding:.5rem 1.5rem}"
-)
-
-
-def format_amount(value: str, asset_code: str, asset_scale: int) -> str:
-    """An amount in the asset's units: "1234" with scale 2 is "12.34 USD"."""
-    number = int(value)
-    if asset_scale == 0:
-        return f"{number:,} {asset_code}"
-    whole, fraction = divmod(number, 10**asset_scale)
-    return f"{whole:,}.{fraction:0{asset_scale}d} {asset_code}"
-
-
-def _period_text(duration: str) -> str:
-    date, _, time = duration.removeprefix("P").partition("T")
-    words = []
-    for part, is_time in ((date, False), (time, True)):
-        for count, unit in _DURATION_PART.findall(part):
-            name = _UNIT["m" if (is_time and unit == "M") else unit]
-            words.append(f"{int(count)} {name}{'' if int(count) == 1 else 's'}")
-    return ", ".join(words) or duration
-
-
-def _interval_text(raw: str) -> str:
-    try:
-        interval = parse_interval(raw)
-    except DomainError:
-        return raw
-    times = "without end" if interval.repetitions is None else f"{interval.repetitions} time{'' if interval.repetitions == 1 else 's'}"
-    return f"each period of {_period_text(raw.split('/')[2])}, from {format_ms(interval.start_ms)}, {times}"
-
-
-def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
-    html = (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body><main>{body}</main></body></html>"
-    )
-    return HTMLResponse(html, status_code=status, headers=_HEADERS)
-
-
-def not_found() -> HTMLResponse:
-    return _page("Not found", "<h1>No such request</h1><p>This authorization request does not exist, has expired or was cancelled.</p>", 404)
-
-
-def _client_html(grant: Grant, wallet: WalletAddress | None) -> tuple[str, str]:
-    """(name for the title, HTML describing the client); `wallet`: the client's, if ours."""
-    url = grant.client.walletAddress or grant.client.identity
-    if wallet is not None and wallet.public_name:
-        return wallet.public_name, f"<strong>{escape(wallet.public_name)}</strong> (wallet address <code>{escape(url)}</code>)"
-    note = "" if wallet is not None else " (a wallet address at another provider)"
-    return url, f"the app with wallet address <code>{escape(url)}</code>{note}"
-
-
-def _limits_html(item: AccessItem) -> str:
-    limits = item.limits or {}
-    rows = []
-    per = " in each period" if limits.get("interval") else " in total"
-    for field, label in (("debitAmount", "Sent at most"), ("receiveAmount", "Received by the payees at most")):
-        amount = limits.get(field)
-        if amount:
-            text = format_amount(amount["value"], amount["assetCode"], amount["assetScale"])
-            rows.append(f"<dt>{label}{per}</dt><dd>{escape(text)}</dd>")
-    if not (limits.get("debitAmount") or limits.get("receiveAmount")):
-        rows.append('<dt>Amount</dt><dd class="warn">No amount limit: the app may send any amount</dd>')
-    if limits.get("receiver"):
-        rows.append(f"<dt>Only to</dt><dd><code>{escape(limits['receiver'])}</code></dd>")
-    else:
-        rows.append("<dt>Payees</dt><dd>anyone</dd>")
-    if limits.get("interval"):
-        raw = limits["interval"]
-        rows.append(f"<dt>Period</dt><dd>{escape(_interval_text(raw))} (<code>{escape(raw)}</code>)</dd>")
-    return "<dl>" + "".join(rows) + "</dl>"
-
-
-def _item_html(item: AccessItem, wallets: Mapping[str, WalletAddress | None]) -> str:
-    if item.identifier is not None:
-        wallet = wallets.get(item.identifier)
-        name = f"{escape(wallet.public_name)} " if wallet is not None and wallet.public_name else ""
-        where = f"{name}<code>{escape(item.identifier)}</code>"
-    else:
-        where = "any of your wallet addresses"
-    texts = _ACTION_TEXT.get(item.type, {})
-    actions = "".join(f"<li>{escape(texts.get(action, action))} <small>({escape(action)})</small></li>" for action in item.actions)
-    limits = _limits_html(item) if item.type == "outgoing-payment" else ""
-    return f"<section><h2>{escape(_TYPE_TITLE.get(item.type, item.type))}</h2><p>Wallet address: {where}</p><ul>{actions}</ul>{limits}</section>"
-
+# A decision's answer holds the nonce in its URL too.
+_NO_STORE = {"Cache-Control": "no-store"}
 
 STATE_TEXT = {"approved": "approved", "finalized": "approved", "denied": "denied"}
 PROVIDER_DECIDES = "Your provider will decide on this request: it asks you after you sign in with it."
 
 
-def request_page(
-    grant: Grant, client_wallet: WalletAddress | None, wallets: Mapping[str, WalletAddress | None], decide_url: str | None
-) -> HTMLResponse:
+class Party(msgspec.Struct, frozen=True):
+    """Someone the page names: `name` to read, `address` in small print beside it, and the
+    exact `url` when the pointer rests on the name."""
+
+    name: str
+    address: str
+    url: str = ""
+
+
+def party(url: str, wallet: WalletAddress | None) -> Party:
+    """A wallet address of ours (`wallet`) by its public name; any other URL by its host."""
+    if wallet is not None:
+        return Party(wallet.public_name or wallet.path, address_text(url), url)
+    return Party(urlsplit(url).netloc or url, address_text(url), url)
+
+
+def _party_html(who: Party) -> str:
+    address = "" if who.address == who.name else f' <span class="addr">({escape(who.address)})</span>'
+    title = f' title="{escape(who.url)}"' if who.url else ""
+    return f"<strong{title}>{escape(who.name)}</strong>{address}"
+
+
+def _client(grant: Grant, parties: Mapping[str, Party]) -> Party:
+    url = grant.client.walletAddress
+    if url is None:  # directed identity: the client is only its key
+        return Party("An app without a wallet address", f"key {grant.client.identity}")
+    return parties.get(url) or party(url, None)
+
+
+def _named(url: str, parties: Mapping[str, Party]) -> str:
+    return _party_html(parties.get(url) or party(url, None))
+
+
+def _period_text(duration: str) -> str:
+    """"P1M" is "month", "P2W" "2 weeks", "P1DT12H" "1 day and 12 hours"."""
+    date, _, time = duration.removeprefix("P").partition("T")
+    parts = []
+    for text, is_time in ((date, False), (time, True)):
+        for count, unit in _DURATION_PART.findall(text):
+            parts.append((int(count), _UNIT["m" if (is_time and unit == "M") else unit]))
+    if len(parts) == 1 and parts[0][0] == 1:
+        return parts[0][1]
+    words = [f"{count} {name}{'' if count == 1 else 's'}" for count, name in parts]
+    return " and ".join(words) if len(words) <= 2 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def _interval(raw: str) -> RepeatingInterval | None:
+    try:
+        return parse_interval(raw)
+    except DomainError:  # the grant request was validated: never expected
+        return None
+
+
+def _last_end(interval: RepeatingInterval) -> int | None:
+    """When the last of Rn's n periods ends; None for R (no end) and for an end past the
+    calendar's year 9999 (a grant may ask R99999/.../P1Y)."""
+    if interval.repetitions is None:
+        return None
+    try:
+        end = repetition_start(interval, interval.repetitions)
+        date_text(end)
+    except (ValueError, OverflowError):
+        return None
+    return end
+
+
+def interval_text(raw: str) -> str:
+    """"R/2026-12-01T00:00:00Z/P1M" is "every month from 1 December 2026, 00:00 UTC, without end"."""
+    interval = _interval(raw)
+    if interval is None:
+        return raw
+    every = f"every {_period_text(raw.split('/')[2])} from {date_text(interval.start_ms)}"
+    if interval.repetitions is None:
+        return every + ", without end"
+    count = interval.repetitions
+    end = _last_end(interval)
+    return f"{every}, {'once' if count == 1 else f'{count} times'}" + ("" if end is None else f" (until {date_text(end)})")
+
+
+def _sends_until(grant: Grant) -> int | None:
+    """When sending ends by itself: the end of the last period, if every outgoing-payment
+    item has a bounded interval (Rn: n periods); None if any may send until revoked."""
+    ends = []
+    for item in grant.access:
+        if item.type != "outgoing-payment":
+            continue
+        interval = _interval((item.limits or {}).get("interval") or "")
+        end = None if interval is None else _last_end(interval)
+        if end is None:
+            return None
+        ends.append(end)
+    return max(ends) if ends else None
+
+
+def _limits_html(item: AccessItem, parties: Mapping[str, Party]) -> str:
+    limits = item.limits or {}
+    rows = []
+    per = " in each period" if limits.get("interval") else " in total"
+    for field, label in (("debitAmount", "Sent at most"), ("receiveAmount", "Payees receive at most")):
+        amount = limits.get(field)
+        if amount:
+            rows.append(f"<dt>{label}</dt><dd>{escape(amount_text(amount['value'], amount['assetCode'], amount['assetScale']))}{per}</dd>")
+    if not (limits.get("debitAmount") or limits.get("receiveAmount")):
+        rows.append('<dt>Amount</dt><dd class="warn">No amount limit: the app may send any amount</dd>')
+    receiver = limits.get("receiver")
+    rows.append(f"<dt>Only to</dt><dd>{_named(receiver, parties)}</dd>" if receiver else "<dt>Payees</dt><dd>anyone</dd>")
+    if limits.get("interval"):
+        raw = limits["interval"]
+        rows.append(f'<dt>Period</dt><dd title="{escape(raw)}">{escape(interval_text(raw))}</dd>')
+    return "<dl>" + "".join(rows) + "</dl>"
+
+
+def _item_html(item: AccessItem, parties: Mapping[str, Party]) -> str:
+    where = _named(item.identifier, parties) if item.identifier is not None else "any of your wallet addresses"
+    texts = _ACTION_TEXT.get(item.type, {})
+    actions = "".join(f"<li>{escape(texts.get(action, action))}</li>" for action in item.actions)
+    limits = _limits_html(item, parties) if item.type == "outgoing-payment" else ""
+    title = escape(_TYPE_TITLE.get(item.type, item.type))
+    return f"<section><h2>{title}</h2><p>Wallet address: {where}</p><p>The app may:</p><ul>{actions}</ul>{limits}</section>"
+
+
+def _lasting_html(settings: Settings, grant: Grant, client: Party) -> str:
+    """Until when the access lasts, and how to take it back."""
+    until = _sends_until(grant)
+    ends = "" if until is None else f" Sending payments ends by itself on {date_text(until)}, with the last period."
+    revoke = (
+        f"To take this access back later, revoke it in {settings.brand_name}'s app, or ask {settings.brand_name} to."
+        f" {client.name} can also end it itself at any time."
+    )
+    return f'<section><h2>How long</h2><p>{escape("Until you take it back." + ends)}</p><p class="note">{escape(revoke)}</p></section>'
+
+
+def _title(grant: Grant, parties: Mapping[str, Party], client: Party) -> str:
+    wallets = {item.identifier for item in grant.access if item.identifier is not None}
+    target = (parties.get(next(iter(wallets))) or party(next(iter(wallets)), None)).name if len(wallets) == 1 else "your wallet address"
+    return f"Allow {client.name} to use {target}?"
+
+
+def request_page(settings: Settings, grant: Grant, parties: Mapping[str, Party], decide_url: str | None) -> HTMLResponse:
     """The page of a grant: what it asks, and approve / deny forms posting to
-    `decide_url`/approve and /deny (None: the provider decides elsewhere; already decided: neither)."""
-    name, client = _client_html(grant, client_wallet)
-    items = "".join([_item_html(item, wallets) for item in grant.access])
+    `decide_url`/approve and /deny (None: the provider decides elsewhere; already decided: neither).
+    `parties`: who the URLs the grant names are (see `party`); an absent one is shown by its host."""
+    client = _client(grant, parties)
+    title = _title(grant, parties, client)
+    items = "".join([_item_html(item, parties) for item in grant.access])
+    head = f"<h1>{escape(title)}</h1><p>{_party_html(client)} asks {escape(settings.brand_name)} for this access:</p>"
+    lasting = _lasting_html(settings, grant, client)
     if grant.state != "pending":
         decided = f"<p><strong>This request was already {STATE_TEXT[grant.state]}.</strong></p>"
-        return _page(f"Authorize {name}", f"<h1>Authorize {escape(name)}</h1><p>Requested by {client}.</p>{items}{decided}")
+        return page(settings, title, head + items + lasting + decided, headers=_NO_STORE)
     if decide_url is not None:
         url = escape(decide_url)
+        expires = "" if grant.interaction is None else f'<p class="muted">Decide before {escape(date_text(grant.interaction.expires_at_ms))}: the request lapses then.</p>'
         decision = (
-            f'<form method="post" action="{url}/approve"><button type="submit" name="decision" value="approve">Approve</button></form>'
-            f'<form method="post" action="{url}/deny"><button type="submit" name="decision" value="deny">Deny</button></form>'
+            f'{expires}<div class="actions">'
+            f'<form method="post" action="{url}/approve"><button class="primary" type="submit" name="decision" value="approve">Approve</button></form>'
+            f'<form method="post" action="{url}/deny"><button class="secondary" type="submit" name="decision" value="deny">Deny</button></form>'
+            "</div>"
         )
     else:
         decision = f"<p><strong>{PROVIDER_DECIDES}</strong></p>"
-    body = f"<h1>Authorize {escape(name)}</h1><p>{client} asks for this access:</p>{items}{decision}"
-    return _page(f"Authorize {name}", body)
+    return page(settings, title, head + items + lasting + decision, headers=_NO_STORE)
 
 
-def not_here() -> HTMLResponse:
+def not_found(settings: Settings) -> HTMLResponse:
+    body = "<h1>No such request</h1><p>This authorization request does not exist, has expired or was cancelled.</p>"
+    return page(settings, "Not found", body, 404, _NO_STORE)
+
+
+def not_here(settings: Settings) -> HTMLResponse:
     """A decision from someone the page does not let decide."""
-    return _page("Decided by your provider", f"<h1>Not here</h1><p>{PROVIDER_DECIDES}</p>", 403)
+    return page(settings, "Decided by your provider", f"<h1>Not here</h1><p>{PROVIDER_DECIDES}</p>", 403, _NO_STORE)
 
 
-def already_decided(state: str) -> HTMLResponse:
+def already_decided(settings: Settings, state: str) -> HTMLResponse:
     state = STATE_TEXT.get(state, state)
-    return _page("Already decided", f"<h1>Already decided</h1><p>This request was already {escape(state)}; that decision stands.</p>", 409)
+    body = f"<h1>Already decided</h1><p>This request was already {escape(state)}; that decision stands.</p>"
+    return page(settings, "Already decided", body, 409, _NO_STORE)
 
 
-def decided(approve: bool) -> HTMLResponse:
-    if approve:
-        return _page("Approved", "<h1>Approved</h1><p>You approved the request. You can return to the app now.</p>")
-    return _page("Denied", "<h1>Denied</h1><p>You denied the request. The app gets no access.</p>")
+def decided(settings: Settings, grant: Grant, parties: Mapping[str, Party]) -> HTMLResponse:
+    """The end of a decision when the client named no page to return to: what happened."""
+    client = _client(grant, parties)
+    name = escape(client.name)
+    back = f"<p>You can close this page and go back to {name}.</p>"
+    if grant.state == "denied":
+        body = f"<h1>Denied</h1><p>You denied the request of {_party_html(client)}. {name} gets no access, and nothing was paid.</p>{back}"
+        return page(settings, "Denied", body, headers=_NO_STORE)
+    items = "".join([_item_html(item, parties) for item in grant.access])
+    body = f"<h1>Approved</h1><p>You approved the request of {_party_html(client)}. {name} now has this access:</p>{items}"
+    return page(settings, "Approved", body + _lasting_html(settings, grant, client) + back, headers=_NO_STORE)

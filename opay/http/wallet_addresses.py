@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from opay.http import wire
+from opay.http import pages, wire
 from opay.http.errors import ApiError
 from opay.http.resources import json
 from opay.http.routing import allowed_methods
@@ -63,7 +63,10 @@ async def _known(request: Request) -> tuple[Services, WalletAddress]:
 
 async def get_wallet_address(request: Request) -> Response:
     s, wallet = await _known(request)
-    return json(200, wire.wallet_address(wallet, s.settings.public_url))
+    view = wire.wallet_address(wallet, s.settings.public_url)
+    if pages.prefers_html(request.headers.get("accept")):  # opened in a browser
+        return pages.wallet_address_page(s.settings, view)
+    return Response(wire.encode(view), media_type="application/json", headers=pages.VARY)
 
 
 async def get_jwks(request: Request) -> Response:
