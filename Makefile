@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 NODE_INSTALLED := tests/sdk/node_modules/.installed
 INTEROP_INSTALLED := tests/interop/node_modules/.installed
 
-.PHONY: run test bench faults clean settings-table
+.PHONY: run test browser-test bench faults clean settings-table
 
 # One line per step: pip's -q keeps its own output to errors, the first install takes minutes.
 $(INSTALLED): pyproject.toml
@@ -36,6 +36,13 @@ run: $(INSTALLED)
 
 test: $(INSTALLED) $(NODE_INSTALLED) $(INTEROP_INSTALLED)
 	$(BIN)/python -m pytest -q
+
+# The pages a person sees, in a real headless Chromium (Debian's); screenshots in var/screenshots/.
+browser-test: $(INSTALLED)
+	@test -x /usr/bin/chromium || { echo "browser-test: /usr/bin/chromium is missing: installing Debian's chromium (apt-get install -y chromium)"; \
+		apt-get update -q && apt-get install -y -q chromium; }
+	$(BIN)/python -m pytest -q browser/test_pages.py
+	@echo "browser-test: screenshots in var/screenshots/"
 
 bench: $(INSTALLED)
 	$(BIN)/python bench/load.py
