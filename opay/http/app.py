@@ -11,7 +11,7 @@ from opay.domain.errors import DomainError
 from opay.http import errors, gnap, ilp, incoming_payments, operator, outgoing_payments, peers, quotes, wallet_addresses
 from opay.http import metrics
 from opay.http import operator_invoices, operator_resources
-from opay.http import operator_grants, operator_webhooks
+from opay.http import operator_grants, operator_openapi, operator_webhooks
 from opay.http import health
 from opay.http.middleware import RequestLog
 from opay.http.services import Services
@@ -33,7 +33,7 @@ def _exception_handlers() -> dict:
 # Every route is named: URLs are built from these tables (http/urls.py). Wallet addresses
 # come last: their catch-all path must not shadow the API routes.
 PUBLIC_ROUTES = [*incoming_payments.ROUTES, *quotes.ROUTES, *outgoing_payments.ROUTES, *gnap.ROUTES, *ilp.ROUTES, *wallet_addresses.ROUTES]
-OPERATOR_ROUTES = [*health.ROUTES, *operator.ROUTES, *peers.ROUTES, *operator_resources.ROUTES, *operator_invoices.ROUTES, *metrics.ROUTES, *operator_grants.ROUTES, *operator_webhooks.ROUTES]
+OPERATOR_ROUTES = [*health.ROUTES, *operator.ROUTES, *peers.ROUTES, *operator_resources.ROUTES, *operator_invoices.ROUTES, *metrics.ROUTES, *operator_grants.ROUTES, *operator_webhooks.ROUTES, *operator_openapi.ROUTES]
 
 
 def public_app(services: Services) -> ASGIApp:
