@@ -7,6 +7,8 @@ import contextlib
 import logging
 import os
 import signal
+import socket
+from typing import Callable
 
 import httpx
 import redis.asyncio as aioredis
@@ -19,6 +21,7 @@ from opay.actors.router import ShardRouter, Shards
 from opay.auth.client_keys import ClientKeys
 from opay.auth.grants import GrantStore
 from opay.auth.introspection import Introspector
+from opay.console import say
 from opay.http.app import operator_app, public_app
 from opay.http.services import Services
 from opay.ilp.credentials import SECRET_BYTES, CredentialMint
@@ -73,7 +76,21 @@ async def _forget_revoked(client: aioredis.Redis, introspector: Introspector) ->
             await asyncio.sleep(1)
 
 
-async def serve(settings: Settings, redis_url: str, shards: Shards, *, show_token: bool) -> None:
+async def serve(
+    settings: Settings,
+    redis_url: str,
+    shards: Shards,
+    *,
+    show_token: bool,
+    duties: bool = True,
+    sockets: list[socket.socket] | None = None,
+    ready: Callable[[], None] | None = None,
+) -> None:
+    """The public and operator APIs until SIGINT/SIGTERM. `duties`: this process also runs
+    the timers and webhook delivery (one per deployment would do; `opay serve`'s one
+    process, or the supervisor's parent). `sockets`: (public, operator), bound by the
+    caller (SO_REUSEPORT, opay/frontends.py). `ready`: called once both serve, in place of
+    the start lines and "opay ready" (a supervised child: its parent says them)."""
     client = clients.asynchronous(redis_url, settings.redis_timeout_seconds)
     http = httpx.AsyncClient(limits=httpx.Limits(max_connections=100))
     fetcher = Fetcher(FetchPolicy.from_settings(settings))  # every URL a client supplies, never `http`
@@ -96,9 +113,7 @@ async def serve(settings: Settings, redis_url: str, shards: Shards, *, show_toke
     # them through a peer: what a quote for such a receiver takes (opay/http/quotes.py).
     remote_receivers = RemoteReceivers(settings, fetcher, client_signer)
     prober = RateProber(settings)
-    router = ShardRouter(
-        shards, batch_max=settings.batch_max, in_flight=settings.batches_in_flight, deadline_seconds=settings.shard_call_timeout_seconds
-    )
+    router = shard_router(settings, shards)
     services = Services(
         settings=settings,
         router=router,
@@ -132,19 +147,18 @@ async def serve(settings: Settings, redis_url: str, shards: Shards, *, show_toke
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: [setattr(server, "should_exit", True) for server in servers])
-    due = Timers(client, router, settings.timer_batch_max)
     background = [
-        asyncio.create_task(supervise("timers", lambda: due.run(settings.timer_interval_seconds))),
         asyncio.create_task(supervise("revocation listener", lambda: _forget_revoked(client, introspector))),
         asyncio.create_task(supervise("peer cache", peers.listen)),
+        *(start_duties(client, router, settings) if duties else []),
     ]
-    if settings.webhook_url:  # without one there is nothing to send (and the task would return)
-        background.append(asyncio.create_task(supervise("webhooks", lambda: webhooks.run(client, settings))))
-    announce = asyncio.create_task(_announce(settings, servers, show_token))
+    announce = asyncio.create_task(_announce(settings, servers, show_token, ready))
     try:
-        await asyncio.gather(*(server.serve() for server in servers))
-        say("public API", "stopped")
-        say("operator API", "stopped")
+        listening = [[sock] for sock in sockets] if sockets else [None, None]
+        await asyncio.gather(*(server.serve(sockets=socks) for server, socks in zip(servers, listening)))
+        if ready is None:
+            say("public API", "stopped")
+            say("operator API", "stopped")
     finally:
         for task in [*background, announce]:
             task.cancel()
@@ -157,14 +171,47 @@ async def serve(settings: Settings, redis_url: str, shards: Shards, *, show_toke
         await client.aclose()
 
 
-def say(part: str, what: str) -> None:
-    """One line on stdout for a part that started or stopped: people read these."""
-    print(f"opay {part:<12} {what}", flush=True)
+def start_duties(client: aioredis.Redis, router: ShardRouter, settings: Settings) -> list[asyncio.Task]:
+    """The deployment's background work: due timers, and webhook delivery if there is a URL."""
+    due = Timers(client, router, settings.timer_batch_max)
+    tasks = [asyncio.create_task(supervise("timers", lambda: due.run(settings.timer_interval_seconds)))]
+    if settings.webhook_url:  # without one there is nothing to send (and the task would return)
+        tasks.append(asyncio.create_task(supervise("webhooks", lambda: webhooks.run(client, settings))))
+    return tasks
 
 
-async def _announce(settings: Settings, servers: list[_Server], show_token: bool) -> None:
+def shard_router(settings: Settings, shards: Shards) -> ShardRouter:
+    return ShardRouter(
+        shards, batch_max=settings.batch_max, in_flight=settings.batches_in_flight, deadline_seconds=settings.shard_call_timeout_seconds
+    )
+
+
+async def run_duties(settings: Settings, redis_url: str, shards: Shards, stop: asyncio.Event) -> None:
+    """Timers and webhook delivery without the APIs (`opay head`, and the supervisor of
+    several front-end processes), until `stop` is set."""
+    client = clients.asynchronous(redis_url, settings.redis_timeout_seconds)
+    router = shard_router(settings, shards)
+    tasks = start_duties(client, router, settings)
+    try:
+        await stop.wait()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await router.close()
+        await client.aclose()
+
+
+async def _announce(settings: Settings, servers: list[_Server], show_token: bool, ready: Callable[[], None] | None) -> None:
     while not all(server.started for server in servers):
         await asyncio.sleep(0.05)
+    if ready is not None:
+        ready()
+        return
+    announce_ready(settings, show_token)
+
+
+def announce_ready(settings: Settings, show_token: bool) -> None:
     say("public API", f"{settings.public_url}  (listening on {settings.host}:{settings.port})")
     say("operator API", f"http://{settings.operator_host}:{settings.operator_port}  (probes: /healthz, /readyz)")
     if show_token:

@@ -71,6 +71,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         "shard actors; 0: the count pinned in Redis, else one per CPU (then pinned); a process started with another count refuses to start",
         ge=0, le=4096,
     )] = 0
+    frontend_processes: Annotated[int, _doc(
+        "front-end processes serving the same ports (SO_REUSEPORT) under one supervisor that replaces any that dies;"
+        " 0: one per CPU; 1: a single process, no supervisor",
+        ge=0, le=256,
+    )] = 0
     ilp_address: Annotated[str, _doc(
         "this server's ILP address, the prefix of every receiving address",
         pattern=r"^(g|private|example|peer|self|test[1-3]?|local)(\.[A-Za-z0-9_~-]+)+$",

@@ -89,6 +89,7 @@ class OpayServer:
                 "OPAY_REDIS_PORT": str(self.redis_port),
                 "OPAY_DATA_DIR": str(self.data_dir),
                 "OPAY_SHARDS": "2",
+                "OPAY_FRONTEND_PROCESSES": "1",  # one process, as before: a supervisor's children cost the suite's budget
                 "OPAY_CONSENT_USER_HEADER": CONSENT_USER_HEADER,
                 "RAY_USAGE_STATS_ENABLED": "0",
             }

@@ -93,11 +93,15 @@ class ShardDirectory:
     """The handles of the S shard actors, each looked up again (or, if gone, re-created)
     by name when a call to it fails."""
 
-    def __init__(self, settings: Settings, redis_url: str, count: int) -> None:
+    def __init__(self, settings: Settings, redis_url: str, count: int, *, create: bool = True, wait_seconds: float = 0.0) -> None:
+        """`create` False (`opay frontend`): only look the shards up by name, waiting up to
+        `wait_seconds` for the head to have created them; the head (or `opay serve`)
+        creates them, with its settings, and is the one that re-creates one gone for good."""
         assert count > 0
         self._settings = settings
         self._redis_url = redis_url
-        self._handles = [self._ensure(n) for n in range(count)]
+        self._create = create
+        self._handles = [self._ensure(n) for n in range(count)] if create else self._wait_for(count, wait_seconds)
         self._next_refresh = [0.0] * count
         stats = ray.get([shard.stats.remote() for shard in self._handles], timeout=START_TIMEOUT_SECONDS)
         stale = [s["index"] for s in stats if s.get("redis_url") != redis_url]
@@ -123,7 +127,24 @@ class ShardDirectory:
         except Exception as error:
             log.warning("shard %d could not be looked up again: %s", n, error)
 
+    def _wait_for(self, count: int, seconds: float) -> list:
+        deadline = time.monotonic() + seconds
+        handles: list = []
+        while len(handles) < count:
+            try:
+                handles.append(ray.get_actor(shard_name(len(handles)), namespace=NAMESPACE))
+            except ValueError:  # no actor of that name (yet)
+                if time.monotonic() >= deadline:
+                    raise DeploymentMismatch(
+                        f"shard {len(handles)} of {count} not found on this Ray cluster within {seconds:g} s: "
+                        "is `opay head` running against the same Redis and Ray?"
+                    ) from None
+                time.sleep(0.5)
+        return handles
+
     def _ensure(self, n: int):
+        if not self._create:
+            return ray.get_actor(shard_name(n), namespace=NAMESPACE)
         # lifetime="detached": owned by no front end, so one dying takes no shard with it.
         # num_cpus=0: a shard is mostly waiting on Redis; Ray's CPU accounting must not cap S.
         # max_restarts=-1: a crashed shard comes back and re-activates entities from Redis.
