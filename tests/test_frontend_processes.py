@@ -225,3 +225,22 @@ def test_ctrl_c_stops_every_child(server: OpayServer) -> None:
     server.process = None
     assert not any(alive(pid) for pid in pids)
     assert "opay front ends   stopped" in server.log() and server.log().rstrip().endswith("opay stopped"), server.log()
+
+
+def test_cluster_yaml_is_a_launcher_config_that_starts_both_roles() -> None:
+    """What `ray up cluster.yaml` checks first: the launcher's own schema, after its local
+    provider's defaults are filled in (the same two steps `ray up` takes)."""
+    import copy
+
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "cluster.yaml").read_text())
+    assert config["provider"]["type"] == "local" and config["provider"]["head_ip"] and config["provider"]["worker_ips"]
+    assert config["auth"]["ssh_user"] and config["file_mounts"] == {"~/opay": "."}
+    validate_config(prepare_config(copy.deepcopy(config)))
+    head, workers = " ".join(config["head_start_ray_commands"]), " ".join(config["worker_start_ray_commands"])
+    assert "ray start --head --port=6380" in head and "opay head" in head and "nohup" in head
+    assert "ray start --address=$RAY_HEAD_IP:6380" in workers and "opay frontend" in workers
+    setup = " ".join(config["setup_commands"])
+    assert "OPAY_REDIS_URL=" in setup and "OPAY_PUBLIC_URL=" in setup and "pip install" in setup
