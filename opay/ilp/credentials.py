@@ -41,13 +41,14 @@ class Credentials:
 class CredentialMint:
     def __init__(self, server_secret: bytes, server_address: str) -> None:
         assert len(server_secret) == SECRET_BYTES, "the STREAM server secret must be 32 bytes"
-        self._token_key = hmac.digest(server_secret, b"ilp_stream_connection_token", "sha256")
+        # One cipher for every call: building it (the key schedule) cost as much as sealing.
+        self._token_cipher = AESGCM(hmac.digest(server_secret, b"ilp_stream_connection_token", "sha256"))
         self._secret_key = hmac.digest(server_secret, b"ilp_stream_shared_secret", "sha256")
         self._address = server_address
 
     def issue(self, payment_uuid: str) -> Credentials:
         iv = os.urandom(_IV_BYTES)
-        sealed = AESGCM(self._token_key).encrypt(iv, uuid.UUID(payment_uuid).bytes, None)
+        sealed = self._token_cipher.encrypt(iv, uuid.UUID(payment_uuid).bytes, None)
         token = iv + sealed[-_TAG_BYTES:] + sealed[:-_TAG_BYTES]
         return Credentials(f"{self._address}.{base64url.encode(token)}", self.shared_secret_for(token))
 
@@ -68,7 +69,7 @@ class CredentialMint:
             return None
         iv, tag, body = token[:_IV_BYTES], token[_IV_BYTES : _IV_BYTES + _TAG_BYTES], token[_IV_BYTES + _TAG_BYTES :]
         try:
-            plain = AESGCM(self._token_key).decrypt(iv, body + tag, None)
+            plain = self._token_cipher.decrypt(iv, body + tag, None)
         except InvalidTag:
             return None
         return str(uuid.UUID(bytes=plain)), token
