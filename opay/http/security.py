@@ -70,7 +70,10 @@ def bearer_token(request: Request, settings: Settings) -> str | None:
     return value.strip()
 
 
-async def verify_request_signature(request: Request, body: bytes, settings: Settings, key: Jwk) -> None:
+async def verify_request_signature(
+    request: Request, body: bytes, settings: Settings, key: Jwk, parsed: signatures.SignatureInput | None = None
+) -> None:
+    """`parsed`: the request's Signature-Input, when the caller has already parsed it."""
     try:
         signatures.verify(
             method=request.method,
@@ -78,7 +81,7 @@ async def verify_request_signature(request: Request, body: bytes, settings: Sett
             headers=request.headers,
             body=body,
             public_key_x=key.x,
-            signature_input=signatures.parse_signature_input(request.headers.get("signature-input")),
+            signature_input=parsed or signatures.parse_signature_input(request.headers.get("signature-input")),
             now_s=int(time.time()),
             max_age_s=settings.signature_max_age_seconds,
             max_skew_s=settings.signature_max_skew_seconds,
@@ -128,14 +131,15 @@ async def authenticate(
     if not answer.active or answer.client is None:
         raise unauthorized(settings, "invalid_token", "the access token is not active")
     try:
-        keyid = signatures.parse_signature_input(request.headers.get("signature-input")).keyid
+        parsed = signatures.parse_signature_input(request.headers.get("signature-input"))
+        keyid = parsed.keyid
     except signatures.SignatureError as error:
         raise unauthorized(settings, error.code, error.description) from None
     # The token's client no longer gives usable keys: it cannot prove it holds the token.
     key = await client_key(answer.client, keyid, client_keys, unusable=unauthorized(settings, "invalid_client", ""))
     if key is None:
         raise unauthorized(settings, "invalid_signature", f"the client has no key {keyid}")
-    await verify_request_signature(request, body, settings, key)
+    await verify_request_signature(request, body, settings, key, parsed)
     identify(request, answer.client.identity, keyid)
     assert answer.grant is not None
     return Authenticated(answer.client, answer.access, answer.grant)
