@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -18,7 +16,7 @@ from opay.domain.times import parse_date_time
 from opay.http import routing, wire  # noqa: F401  (routing registers the path convertors of ROUTES)
 from opay.http.errors import ApiError
 from opay.http.pagination import list_resources
-from opay.http.resources import authenticated, create_request, json, path_uuid, readable
+from opay.http.resources import authenticated, create_request, json, path_uuid, random_uuid, readable
 from opay.http.services import Services, expected, read_body, services
 from opay.http.wallet_state import active_wallet
 
@@ -61,7 +59,7 @@ async def open_incoming_payment(
         require_asset(asset, wallet.asset, "incomingAmount")
     expires_at = None if parsed.expiresAt is None else parse_date_time(parsed.expiresAt, "expiresAt")
     payment = rules.open_payment(
-        payment_id=str(uuid.uuid4()),
+        payment_id=random_uuid(),
         wallet_address=parsed.walletAddress,
         client=client,
         asset=wallet.asset,

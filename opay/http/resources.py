@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import uuid
+import os
+import re
 from typing import Callable, Generic, TypeVar
 
 import msgspec
@@ -13,6 +14,7 @@ from opay.actors import ids
 from opay.domain.incoming_payment import IncomingPayment
 from opay.http import urls, wire
 from opay.http.errors import ApiError
+from opay.http.routing import CanonicalUuid
 from opay.http.security import Authenticated, Principal, authenticate, bearer_token, unauthorized
 from opay.http.services import Services, read_body, services
 
@@ -33,12 +35,22 @@ async def authenticated(request: Request, s: Services, body: bytes) -> Authentic
     )
 
 
+_CANONICAL_UUID = re.compile(CanonicalUuid.regex)
+
+
 def canonical_uuid(raw: str) -> str | None:
-    try:
-        value = uuid.UUID(raw)
-    except ValueError:
-        return None
-    return str(value) if str(value) == raw else None
+    """`raw` if it is a UUID as this server writes them (what str(uuid.UUID(raw)) == raw
+    decides, without building one)."""
+    return raw if _CANONICAL_UUID.fullmatch(raw) else None
+
+
+def random_uuid() -> str:
+    """A new random (version 4) UUID, canonical: str(uuid.uuid4()) at half its cost."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def path_uuid(request: Request, what: str) -> str:
