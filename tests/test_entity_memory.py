@@ -1,0 +1,45 @@
+"""What a resident entity holds: values many entities hold alike are one object per host,
+and holding them so changes nothing the entity says or stores (real redis-server, no Ray)."""
+
+from __future__ import annotations
+
+from opay.actors.entity import SHARED_MAX, Shared
+from opay.actors.messages import CreditIncomingPayment, Credited, ExpireIncomingPayment, Nothing, OpenIncomingPayment, State
+from opay.actors.registry import codec
+from opay.clock import now_ms
+from opay.persistence import keys
+from tests.test_entity_host import client_for, host_for, new_payment
+
+
+def test_activated_entities_share_equal_values_and_state_what_redis_holds(embedded) -> None:
+    opener = host_for(embedded)
+    opened = [new_payment() for _ in range(3)]
+    replies = opener.handle([OpenIncomingPayment(e, p) for e, p in opened], now_ms()).replies
+    assert all(isinstance(r, State) for r in replies)
+
+    host = host_for(embedded)  # a fresh host: every state is decoded from Redis, each with its own strings
+    assert all(isinstance(r, Nothing) for r in host.handle([ExpireIncomingPayment(e) for e, _ in opened], now_ms()).replies)
+    states = [host._active[e].state for e, _ in opened]
+    assert states == [p for _, p in opened]
+    for name in ("wallet_address", "client", "asset"):
+        assert len({id(getattr(s, name)) for s in states}) == 1, name
+    assert len({id(s.id) for s in states}) == 3  # a value of its own stays its own
+
+    # A credit on a shared state writes the same snapshot an unshared one would.
+    entity_id, payment = opened[0]
+    reply = host.handle([CreditIncomingPayment(entity_id, 5, "operator", "k1")], now_ms()).replies[0]
+    assert isinstance(reply, Credited) and reply.received_now == 5
+    stored = codec.decode_state(client_for(embedded).hget(keys.entity(entity_id), "s"))
+    assert stored == host._active[entity_id].state and stored.wallet_address == payment.wallet_address and stored.received == 5
+
+
+def test_the_table_is_bounded_and_skips_what_cannot_be_shared() -> None:
+    shared = Shared()
+    _, base = new_payment()
+    for n in range(SHARED_MAX + 10):
+        _, payment = new_payment()
+        shared.share(type(payment)(**{**{f: getattr(payment, f) for f in payment.__struct_fields__}, "wallet_address": f"w{n}"}))
+    assert len(shared._values) <= SHARED_MAX
+    no_client = type(base)(**{**{f: getattr(base, f) for f in base.__struct_fields__}, "client": None})
+    shared.share(no_client)  # None is left as it is
+    assert no_client.client is None
