@@ -91,14 +91,16 @@ def tell_ready(fd: int) -> None:
 class Supervisor:
     """`count` children of `opay frontend`, kept at `count`."""
 
-    def __init__(self, count: int, env: dict[str, str], metrics_dir: str) -> None:
+    def __init__(self, count: int, env: dict[str, str], metrics_dir: str, stop: asyncio.Event) -> None:
         self._count = count
+        # Set by SIGINT/SIGTERM, which a terminal also sends the children: one that exits
+        # for it is not replaced, even before stop() runs.
+        self._stop = stop
         self._env = env
         self._metrics_dir = metrics_dir
         self._children: list[asyncio.subprocess.Process | None] = [None] * count
         self._spawned: set[asyncio.subprocess.Process] = set()  # stop() ends them all, even one still starting
         self._watchers: list[asyncio.Task] = []
-        self._stopping = False
         self.gave_up = asyncio.Event()
 
     @property
@@ -117,7 +119,7 @@ class Supervisor:
         self._watchers = [asyncio.create_task(self._keep(slot)) for slot in range(self._count)]
 
     async def stop(self) -> None:
-        self._stopping = True
+        self._stop.set()
         for task in self._watchers:
             task.cancel()
         await asyncio.gather(*self._watchers, return_exceptions=True)
@@ -169,7 +171,7 @@ class Supervisor:
             child = self._children[slot]
             assert child is not None
             returncode = await child.wait()
-            if self._stopping:
+            if self._stop.is_set():
                 return
             self._spawned.discard(child)
             self._forget(child.pid)
@@ -223,7 +225,7 @@ async def supervise(
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    supervisor = Supervisor(count, env, metrics_dir)
+    supervisor = Supervisor(count, env, metrics_dir, stop)
     duty = asyncio.create_task(duties(stop)) if duties else None
     starting = asyncio.create_task(supervisor.start())
     stopped = asyncio.create_task(stop.wait())
