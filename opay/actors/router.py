@@ -44,6 +44,12 @@ class Shards(Protocol):
 
 
 Queued = tuple[bytes, asyncio.Future]
+_EXPIRED = Failed("unavailable", "expired", "")  # what an ask's own timer answers; its caller returns DEADLINE
+
+
+def _expire(reply: asyncio.Future) -> None:
+    if not reply.done():
+        reply.set_result(_EXPIRED)
 
 
 class ShardRouter:
@@ -96,15 +102,22 @@ class ShardRouter:
         if len(queue) >= self._queue_max:
             log.warning("refused %s for %s: %d commands already wait for shard %d", tag_of(command), command.entity_id, len(queue), n)
             return BACK_PRESSURE
-        reply: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[Reply] = loop.create_future()
         queue.append((payload, reply))
         self._ready[n].set()
+        # The deadline is one timer that answers the future itself (asyncio.wait_for costs a
+        # coroutine, a callback and a timer per ask): an answered future is never sent, or its
+        # batch's reply to it is dropped.
+        timer = loop.call_later(deadline, _expire, reply)
         try:
-            # On timeout the future is cancelled: a pump that has not sent it yet skips it.
-            return await asyncio.wait_for(reply, deadline)
-        except asyncio.TimeoutError:
+            answer = await reply
+        finally:
+            timer.cancel()
+        if answer is _EXPIRED:
             log.warning("%s for %s: no answer from shard %d within %.1f s", tag_of(command), command.entity_id, n, deadline)
             return DEADLINE
+        return answer
 
     async def ask_until_known(self, command: Command, deadline_seconds: float | None = None) -> Reply:
         """For idempotent commands (keyed, so they land at most once): an unknown outcome
