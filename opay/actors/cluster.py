@@ -38,6 +38,11 @@ START_TIMEOUT_SECONDS = 120
 # starting); one that never does (a wrong RAY_AUTH_MODE, not a Ray at all) ends the start.
 JOIN_TIMEOUT_SECONDS = 60.0
 _HOST_PORT = re.compile(r"(?:ray://)?(\[[^\]]+\]|[^:/\[\]]+):(\d{1,5})")
+# The custom resource that says which Ray nodes host shards (`ray start --resources=
+# '{"shard_slot": k}'`: at most k shards on that node, one slot each). On a cluster where no
+# node has it (`opay serve`'s own Ray, a plain cluster) shards go on any node: requiring a
+# resource nobody has would leave them unschedulable.
+SHARD_RESOURCE = "shard_slot"
 
 
 class DeploymentMismatch(Exception):
@@ -150,7 +155,10 @@ class ShardDirectory:
         # max_restarts=-1: a crashed shard comes back and re-activates entities from Redis.
         # max_task_retries=0: a batch is never replayed behind the caller's back.
         # get_if_exists: the existing actor by name, or a new one if it is gone.
+        # SPREAD: the shards over the nodes in turn (DEFAULT leaves it to chance, and may put
+        # them all on one node); one lost with its node restarts where a slot is free.
         settings = self._settings
+        slot = {SHARD_RESOURCE: 1} if ray.cluster_resources().get(SHARD_RESOURCE, 0) > 0 else {}
         return (
             ray.remote(Shard)
             .options(
@@ -159,6 +167,8 @@ class ShardDirectory:
                 lifetime="detached",
                 get_if_exists=True,
                 num_cpus=0,
+                resources=slot,
+                scheduling_strategy="SPREAD",
                 max_restarts=-1,
                 max_task_retries=0,
             )
