@@ -58,9 +58,8 @@ def _run(role: str, ready_fd: int | None = None) -> int:
         )
     logs.configure(settings.log_level, settings.log_format, {"pid": os.getpid()} if role == "frontend" else None)
     processes = 1 if ready_fd is not None or role == "head" else settings.frontend_processes or os.cpu_count() or 1
-    embedded = shards = None
-    redis_reached = ray_started = False
-    code = 0
+    embedded = None
+    redis_reached = False
     try:
         redis_url = settings.redis_url
         if redis_url:
@@ -75,28 +74,9 @@ def _run(role: str, ready_fd: int | None = None) -> int:
         count = pin_shard_count(clients.blocking(redis_url, settings.redis_timeout_seconds), settings.shards)
         if role == "frontend" and processes > 1:
             # The children join Ray and find the shards; this parent only keeps them running.
-            code = _supervise(settings, role, processes, redis_url, settings.ray_address, count, None, show_token)
-            return code
-        say("ray", start_ray(settings))
-        ray_started = True
-        shards = ShardDirectory(settings, redis_url, count, create=role != "frontend", wait_seconds=SHARDS_WAIT_SECONDS)
-        say("shards", f"{shards.count} Ray actors (detached)" if role != "frontend" else f"{shards.count} found")
-        if role == "head":
-            code = uvloop.run(_head(settings, redis_url, shards))
-        elif processes > 1:
-            import ray
-
-            address = settings.ray_address or ray.get_runtime_context().gcs_address
-            code = _supervise(settings, role, processes, redis_url, address, count, shards, show_token)
+            code = _supervise(settings, processes, redis_url, settings.ray_address, count, None, show_token)
         else:
-            from opay import runtime
-
-            sockets = None
-            ready = None
-            if ready_fd is not None:
-                sockets = [frontends.listening_socket(settings.host, settings.port), frontends.listening_socket(settings.operator_host, settings.operator_port)]
-                ready = lambda: frontends.tell_ready(ready_fd)  # noqa: E731
-            uvloop.run(runtime.serve(settings, redis_url, shards, show_token=show_token, duties=role == "serve", sockets=sockets, ready=ready))
+            code = _on_ray(settings, role, processes, redis_url, count, show_token, ready_fd)
     except reach.Unreachable as error:
         print(f"opay: {error}", file=sys.stderr, flush=True)
         return 1
@@ -104,22 +84,44 @@ def _run(role: str, ready_fd: int | None = None) -> int:
         print(f"opay: refusing to start: {error}", file=sys.stderr, flush=True)
         return 2
     finally:
-        if ray_started:
-            import ray
-
-            ray.shutdown()
-            if shards is not None:
-                # A Ray of our own takes its shards with it; a cluster's go on serving other front ends.
-                say("shards", "left running on the cluster (detached)" if settings.ray_address else "stopped")
-            say("ray", "disconnected" if settings.ray_address else "stopped")
         if embedded is not None:
             embedded.stop()
             say("redis", "stopped")
         elif redis_reached:
             say("redis", "disconnected")
-        if ready_fd is None:
-            print("opay stopped", flush=True)
+    if ready_fd is None:
+        print("opay stopped", flush=True)
     return code
+
+
+def _on_ray(settings: Settings, role: str, processes: int, redis_url: str, count: int, show_token: bool, ready_fd: int | None) -> int:
+    """Join or start Ray, find or create the shards, then the role's work until stopped."""
+    import ray
+
+    say("ray", start_ray(settings))
+    shards = None
+    try:
+        shards = ShardDirectory(settings, redis_url, count, create=role != "frontend", wait_seconds=SHARDS_WAIT_SECONDS)
+        say("shards", f"{shards.count} Ray actors (detached)" if role != "frontend" else f"{shards.count} found")
+        if role == "head":
+            return uvloop.run(_head(settings, redis_url, shards))
+        if processes > 1:
+            address = settings.ray_address or ray.get_runtime_context().gcs_address
+            return _supervise(settings, processes, redis_url, address, count, shards, show_token)
+        from opay import runtime
+
+        sockets = ready = None
+        if ready_fd is not None:
+            sockets = [frontends.listening_socket(settings.host, settings.port), frontends.listening_socket(settings.operator_host, settings.operator_port)]
+            ready = lambda: frontends.tell_ready(ready_fd)  # noqa: E731
+        uvloop.run(runtime.serve(settings, redis_url, shards, show_token=show_token, duties=role == "serve", sockets=sockets, ready=ready))
+        return 0
+    finally:
+        ray.shutdown()
+        if shards is not None:
+            # A Ray of our own takes its shards with it; a cluster's go on serving other front ends.
+            say("shards", "left running on the cluster (detached)" if settings.ray_address else "stopped")
+        say("ray", "disconnected" if settings.ray_address else "stopped")
 
 
 async def _head(settings: Settings, redis_url: str, shards: ShardDirectory) -> int:
@@ -138,7 +140,7 @@ async def _head(settings: Settings, redis_url: str, shards: ShardDirectory) -> i
 
 
 def _supervise(
-    settings: Settings, role: str, processes: int, redis_url: str, ray_address: str, count: int, shards: ShardDirectory | None, show_token: bool
+    settings: Settings, processes: int, redis_url: str, ray_address: str, count: int, shards: ShardDirectory | None, show_token: bool
 ) -> int:
     """`processes` children serving the same ports; `opay serve`'s parent also runs the
     timers and webhook delivery (its children do not)."""
