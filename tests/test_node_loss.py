@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -141,6 +142,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     finally:
         for node in reversed(nodes.values()):
             node.kill9()
+        shutil.rmtree(temp_dir, ignore_errors=True)  # the nodes' logs and sockets
 
 
 def outcome_of(response: httpx.Response) -> str:
