@@ -101,6 +101,7 @@ async def test_both_children_serve_and_a_killed_one_is_replaced_losing_no_write(
         created: list[str] = []
         credited: list[str] = []
         statuses: list[int] = []
+        acknowledged_at: list[float] = []
         victim = min(first)
         killed_at: list[float] = []
 
@@ -113,6 +114,7 @@ async def test_both_children_serve_and_a_killed_one_is_replaced_losing_no_write(
                 statuses.append(answer.status_code)
                 if answer.status_code == 201:
                     created.append(answer.json()["id"])
+                    acknowledged_at.append(time.monotonic())
 
         async def credits(n: int, stop_at: float) -> None:
             k = 0
@@ -127,6 +129,7 @@ async def test_both_children_serve_and_a_killed_one_is_replaced_losing_no_write(
                 statuses.append(answer.status_code)
                 if answer.status_code == 200:
                     credited.append(key)
+                    acknowledged_at.append(time.monotonic())
                 k += 1
 
         async def killer() -> None:
@@ -144,6 +147,8 @@ async def test_both_children_serve_and_a_killed_one_is_replaced_losing_no_write(
         assert killed_at and not alive(victim)
         assert set(statuses) <= {200, 201}, statuses
         assert len(created) > 10 and len(credited) > 10
+        # The survivor answered while the supervisor was still replacing the dead one.
+        assert sum(at > killed_at[0] for at in acknowledged_at) > 10
         # Every acknowledged write is stored.
         for payment in created:
             stored = await world.operator.get(f"/incoming-payments/{payment.rsplit('/', 1)[1]}")
