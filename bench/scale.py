@@ -4,6 +4,7 @@ and what one stored payment costs Redis and one resident entity costs a shard.
   .venv/bin/python bench/scale.py                   # 1,000,000 stored (~1-2 GB of Redis, minutes of CPU)
   .venv/bin/python bench/scale.py --count 20000     # development
   .venv/bin/python bench/scale.py --count 200000 --resident 50000 --load-seconds 5 -c 8 --shards 2
+  .venv/bin/python bench/scale.py --count 20000 --redis-config hash-max-listpack-value=1024
 
 One server of its own (tests/support.OpayServer: own redis-server, AOF `appendfsync always`,
 own Ray), in a temp dir:
@@ -15,7 +16,9 @@ own Ray), in a temp dir:
     time) given OpenIncomingPayment commands, so every snapshot, version, write id, wallet and
     client index entry and due time is the one a create through the API writes; then an AOF
     rewrite, as Redis does on its own as an AOF grows;
- 3. restart `opay serve` on that Redis: seconds to ready, to the first signed GET and the
+ 3. restart: the redis-server (its own process, opay's redis.conf, outside the server's
+    session, given to the server as OPAY_REDIS_URL) timed until its AOF is loaded, then
+    `opay serve` on that Redis: seconds to ready, to the first signed GET and the
     first operator credit of a stored payment; a sample GET through the real API (each 200
     and the stored fields) and credited;
  4. the same load as in 1, with N stored;
@@ -35,6 +38,7 @@ import os
 import random
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -206,12 +210,59 @@ async def credit_all(operator_url: str, token: str, urls: list[str], tag: str, c
     return ok
 
 
+class Table(list):
+    """The figures, each also printed as it is found: a run that fails late keeps them."""
+
+    def append(self, row: tuple[str, str]) -> None:
+        print(f"== {row[0]}: {row[1]}", flush=True)
+        super().append(row)
+
+    def __iadd__(self, rows):  # type: ignore[override]
+        for row in rows:
+            self.append(row)
+        return self
+
+
+def start_redis(data_dir: Path, port: int) -> tuple[subprocess.Popen, float]:
+    """opay's redis-server with the shipped redis.conf, outside the server's session, so the
+    server restarts on it: the process and the seconds until it answers (an AOF replay
+    answers LOADING until its data is there)."""
+    from opay.persistence.embedded_redis import config_path, redis_server_binary
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with open(data_dir / "redis.log", "ab") as log:
+        process = subprocess.Popen([redis_server_binary(), str(config_path()), "--port", str(port), "--dir", str(data_dir)],
+                                   stdout=log, stderr=subprocess.STDOUT)
+    client = redis.Redis(port=port, socket_timeout=1.0)
+    while True:
+        if process.poll() is not None:
+            raise SystemExit(f"redis-server exited with {process.returncode}; see {data_dir / 'redis.log'}")
+        try:
+            if client.ping():
+                client.close()
+                return process, time.monotonic() - started
+        except (redis.ConnectionError, redis.BusyLoadingError, redis.TimeoutError):
+            time.sleep(0.05)
+
+
+def stop_redis(process: subprocess.Popen) -> None:
+    process.terminate()
+    process.wait(timeout=120)
+
+
 async def run(args: argparse.Namespace) -> None:
     from tests.support import OpayServer
 
-    table: list[tuple[str, str]] = []
+    table = Table()
+    from tests.support import free_port
+
     with tempfile.TemporaryDirectory(prefix="opay-scale-") as data_dir:
-        extra = {"OPAY_SHARDS": str(args.shards)} if args.shards else {}
+        redis_port = free_port()
+        redis_dir = Path(data_dir) / "redis-own"
+        redis_process, _ = start_redis(redis_dir, redis_port)
+        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        extra = {"OPAY_REDIS_URL": redis_url} | ({"OPAY_SHARDS": str(args.shards)} if args.shards else {})
         server = OpayServer(Path(data_dir), extra)
         t0 = time.monotonic()
         server.start()
@@ -220,7 +271,7 @@ async def run(args: argparse.Namespace) -> None:
         try:
             print("load, fresh server:", flush=True)
             fresh = await load_phases(args, server)
-            client = redis.Redis.from_url(server.redis_url)
+            client = redis.Redis.from_url(redis_url)
             async with httpx.AsyncClient(timeout=60) as http:
                 operator = Operator(http, server.operator_url, server.operator_token)
                 receiver, signed, gnap = await common.receiver_and_client(operator, "scale", "0", ["create", "read", "list"])
@@ -233,6 +284,8 @@ async def run(args: argparse.Namespace) -> None:
                 made.raise_for_status()
                 template = registry.codec.decode_state(client.hget(keys.entity(ids.incoming_payment_of_url(made.json()["id"])), "s"))
                 client_identity, expiry_ms = template.client, template.expires_at_ms - template.created_at_ms
+            for setting in args.redis_config:
+                client.config_set(*setting.split("=", 1))
             used0 = client.info("memory")["used_memory"]
             t0 = time.monotonic()
             entity_ids = populate(args, client, wallets, client_identity, expiry_ms)
@@ -246,6 +299,9 @@ async def run(args: argparse.Namespace) -> None:
             client.close()
 
             server.stop()
+            stop_redis(redis_process)
+            redis_process, loaded = start_redis(redis_dir, redis_port)
+            table.append((f"redis-server restart: loading {args.count:,} stored (AOF, RDB preamble)", f"{loaded:.2f} s"))
             t0 = time.monotonic()
             server.start()
             ready = time.monotonic() - t0
@@ -259,7 +315,7 @@ async def run(args: argparse.Namespace) -> None:
                 first_credit = time.monotonic() - t0
                 assert got.status_code == 200, got.text
                 assert credited.status_code == 200, credited.text
-                table += [(f"restart on {args.count:,} stored: start to ready", f"{ready:.2f} s"),
+                table += [(f"opay serve restart on {args.count:,} stored: start to ready", f"{ready:.2f} s"),
                           ("  to the first signed GET of a stored payment", f"{first_get:.2f} s"),
                           ("  to the first operator credit of one", f"{first_credit:.2f} s")]
                 checked = 0
@@ -295,7 +351,7 @@ async def run(args: argparse.Namespace) -> None:
             after = sum(rss_bytes(p) for p in pids)
             table.append((f"shards' RSS per entity, {ok:,} made active by a credit ({len(pids)} shards, {time.monotonic() - t0:.0f} s)",
                           f"{(after - before) / max(1, ok):.0f} B (journal entry included)"))
-            client = redis.Redis.from_url(server.redis_url)
+            client = redis.Redis.from_url(redis_url)
             # Payments neither credited nor read yet (no journal entry): a bare resident entity.
             taken = set(chosen) | set(sample)
             bare = [e for e in entity_ids if e not in taken][:resident] or chosen
@@ -314,6 +370,7 @@ async def run(args: argparse.Namespace) -> None:
             client.close()
         finally:
             server.stop()
+            stop_redis(redis_process)
     width = max(len(name) for name, _ in table)
     print("\n" + "\n".join(f"{name:<{width}}  {value}" for name, value in table), flush=True)
 
@@ -327,7 +384,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--load-seconds", type=float, default=10.0, help="each load phase's measured window (default 10)")
     parser.add_argument("--concurrency", "-c", type=int, default=8, help="load clients, each one request at a time (default 8)")
     parser.add_argument("--shards", type=int, default=0, help="OPAY_SHARDS (0: as tests, 2)")
+    parser.add_argument("--redis-config", action="append", default=[], metavar="NAME=VALUE",
+                        help="CONFIG SET before populating (repeatable), to see a setting's effect on the Redis figures; "
+                        "the restart is on the shipped redis.conf")
     args = parser.parse_args(argv)
+    if any("=" not in setting for setting in args.redis_config):
+        parser.error("--redis-config takes NAME=VALUE")
     if args.count < SAMPLE + 2:
         parser.error(f"--count must be at least {SAMPLE + 2}")
     return args
