@@ -131,7 +131,8 @@ def shard_pids(ray_address: str, count: int = 2) -> dict[int, int]:
     driver process: which worker hosts which shard is Ray's choice."""
     code = (
         "import json, ray; ray.init(address=%r, namespace='opay', logging_level='ERROR');"
-        "print(json.dumps([ray.get(ray.get_actor('opay-shard-%%d' %% n).stats.remote(), timeout=30) for n in range(%d)]))"
+        "stats = [ray.get(ray.get_actor('opay-shard-%%d' %% n).stats.remote(), timeout=30) for n in range(%d)];"
+        "print(json.dumps([{'index': s['index'], 'pid': s['pid']} for s in stats]))"
         % (ray_address, count)
     )
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
