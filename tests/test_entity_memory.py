@@ -43,3 +43,17 @@ def test_the_table_is_bounded_and_skips_what_cannot_be_shared() -> None:
     no_client = type(base)(**{**{f: getattr(base, f) for f in base.__struct_fields__}, "client": None})
     shared.share(no_client)  # None is left as it is
     assert no_client.client is None
+
+
+def test_an_entity_without_journal_entries_holds_none_and_still_records_its_next(embedded) -> None:
+    from opay.actors.entity import NO_JOURNAL
+
+    host = host_for(embedded)
+    entity_id, payment = new_payment()
+    assert isinstance(host.handle([OpenIncomingPayment(entity_id, payment)], now_ms()).replies[0], State)
+    assert host._active[entity_id].journal is NO_JOURNAL
+    for _ in range(2):  # the first records the key, the second is answered from it
+        reply = host.handle([CreditIncomingPayment(entity_id, 7, "operator", "k")], now_ms()).replies[0]
+        assert isinstance(reply, Credited) and reply.received_now == 7
+    assert host._active[entity_id].journal is not NO_JOURNAL and host.held_journal(entity_id) == 1
+    assert client_for(embedded).hget(keys.journal(entity_id), "operator:k") is not None

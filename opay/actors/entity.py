@@ -21,7 +21,8 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import OrderedDict
-from typing import Callable
+from types import MappingProxyType
+from typing import Callable, Mapping
 
 import msgspec
 import redis
@@ -93,6 +94,12 @@ class Shared:
                 msgspec.structs.force_setattr(state, name, kept)
 
 
+# The journal of every entity that holds no entries between batches: one mapping, not an
+# empty dict each. Read-only, so a write to it fails loudly; a batch gives each entity it
+# names a dict of its own before anything reads or writes it (EntityHost._activate).
+NO_JOURNAL: Mapping[str, bytes | None] = MappingProxyType({})
+
+
 class Active(msgspec.Struct, gc=False):
     """gc=False: it holds a state and a dict, never itself, so it is in no cycle."""
 
@@ -108,8 +115,14 @@ class Active(msgspec.Struct, gc=False):
         if len(self.journal) > JOURNAL_HELD_MAX:
             self.whole = False
             for key in list(self.journal)[: len(self.journal) - JOURNAL_HELD_MAX]:
-                del self.journal[key]
+                del self.journal[key]  # type: ignore[attr-defined]
         assert len(self.journal) <= JOURNAL_HELD_MAX
+
+    def idle(self) -> None:
+        """Held until its next batch: trimmed, and an empty journal is NO_JOURNAL."""
+        self.held()
+        if not self.journal:
+            self.journal = NO_JOURNAL  # type: ignore[assignment]
 
 
 class Step:
@@ -295,7 +308,7 @@ class EntityHost:
         assert all(reply is not None for reply in replies)
         for entity_id in mailboxes:
             if entity_id in self._active:
-                self._active[entity_id].held()  # entries read during the batch count too
+                self._active[entity_id].idle()  # entries read during the batch count too
         # A Tell leaves only if what its entity decided is durable; entities that told
         # without writing (e.g. re-asking after a restart) tell from committed state.
         sent = [tell for entity_id, asked in tells.items() if entity_id not in committed or committed[entity_id] for tell in asked]
@@ -343,6 +356,8 @@ class EntityHost:
             active = self._active.get(entity_id)
             if active is not None:
                 self._active.move_to_end(entity_id)
+                if active.journal is NO_JOURNAL:
+                    active.journal = {}
                 present[entity_id] = active
             else:
                 missing.append(entity_id)
