@@ -361,9 +361,9 @@ def _check_together(s: Settings) -> None:
     try:
         slippage = Fraction(s.slippage)
     except (ValueError, ZeroDivisionError):
-        slippage = Fraction(-1)
+        raise _refuse("slippage", s.slippage, "not a decimal") from None
     if not 0 <= slippage < 1:
-        raise _refuse("slippage", s.slippage, "not a decimal in [0, 1)")
+        raise _refuse("slippage", s.slippage, "out of range")
     if s.ilp_max_packet_amount > 2**64 - 1:  # msgspec's bounds stop at int64
         raise _refuse("ilp_max_packet_amount", str(s.ilp_max_packet_amount), "out of range")
     if s.incoming_payment_default_expiry_seconds > s.incoming_payment_max_expiry_seconds:

@@ -77,7 +77,8 @@ def test_every_constrained_setting_refuses_a_bad_value_in_one_line(name: str, ra
         ({"OPAY_PUBLIC_URL": "http://127.0.0.1:8000/"}, "OPAY_PUBLIC_URL=http://127.0.0.1:8000/: not allowed"
          " (allowed: an http(s) URL without a trailing / (the SDK joins paths onto it))"),
         ({"OPAY_CONSENT_URL": "javascript:alert(1)"}, "OPAY_CONSENT_URL=javascript:alert(1): not allowed (allowed: an http(s) URL)"),
-        ({"OPAY_SLIPPAGE": "1"}, "OPAY_SLIPPAGE=1: not a decimal in [0, 1) (allowed: a decimal in [0, 1))"),
+        ({"OPAY_SLIPPAGE": "1"}, "OPAY_SLIPPAGE=1: out of range (allowed: a decimal in [0, 1))"),
+        ({"OPAY_SLIPPAGE": "1%"}, "OPAY_SLIPPAGE=1%: not a decimal (allowed: a decimal in [0, 1))"),
         ({"OPAY_ILP_MAX_PACKET_AMOUNT": str(2**64)}, f"OPAY_ILP_MAX_PACKET_AMOUNT={2**64}: out of range (allowed: 0..2^64-1 (a uint64))"),
         ({"OPAY_FETCH_ALLOW": "127.0.0.1,http://x/"}, "OPAY_FETCH_ALLOW=127.0.0.1,http://x/: 'http://x/' is neither a hostname,"
          " an IP address nor a CIDR (allowed: hostnames, IP addresses and CIDRs, comma-separated)"),
