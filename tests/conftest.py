@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Awaitable, Callable
 
 import anyio
 import httpx
@@ -101,16 +102,29 @@ class World:
 
     async def list_all(self, url: str, token: str) -> list[dict]:
         """Every item of a list URL (its query already started, e.g. `?wallet-address=...&first=100`), page by page."""
-        items: list[dict] = []
-        cursor = None
-        while True:
-            answer = await self.client.request("GET", url + (f"&cursor={cursor}" if cursor else ""), token=token)
-            assert answer.status_code == 200, answer.text
-            page = answer.json()
-            items += page["result"]
-            if not page["pagination"]["hasNextPage"]:
-                return items
-            cursor = page["pagination"]["endCursor"]
+        return await every_page(lambda cursor: self.client.request("GET", url + (f"&cursor={cursor}" if cursor else ""), token=token))
+
+    async def operator_list(self, path: str, **params: str) -> list[dict]:
+        """Every item of an operator API list (e.g. `/grants`, first="1" to cross every page boundary), page by page."""
+        return await every_page(
+            lambda cursor: self.http.get(
+                self.server.operator_url + path, params={**params, **({"cursor": cursor} if cursor else {})}, headers=self.operator.headers
+            )
+        )
+
+
+async def every_page(fetch: Callable[[str | None], Awaitable[httpx.Response]]) -> list[dict]:
+    """Every item of a cursor-paginated list; `fetch(cursor)` asks for one page (None: the first)."""
+    items: list[dict] = []
+    cursor = None
+    while True:
+        answer = await fetch(cursor)
+        assert answer.status_code == 200, answer.text
+        page = answer.json()
+        items += page["result"]
+        if not page["pagination"]["hasNextPage"]:
+            return items
+        cursor = page["pagination"]["endCursor"]
 
 
 async def make_world(server: OpayServer, http: httpx.AsyncClient) -> World:

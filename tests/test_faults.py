@@ -20,7 +20,8 @@ import pytest
 
 from tests import faults_support as faults
 
-pytestmark = pytest.mark.anyio
+# serial: it bounds how long a request waits under faults, so it runs alone (Makefile).
+pytestmark = [pytest.mark.anyio, pytest.mark.serial]
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,8 @@ from opay.actors.routing import shard_of
 from opay.http.incoming_payments import entity_id
 from tests.support import OpayServer, free_port, session_members
 
-pytestmark = pytest.mark.anyio
+# serial: it bounds how long a request waits under faults, so it runs alone (Makefile).
+pytestmark = [pytest.mark.anyio, pytest.mark.serial]
 
 RAY = str(Path(sys.executable).with_name("ray"))
 SHARDS = 2

@@ -30,15 +30,7 @@ async def get(world, path: str, **params):
 
 async def listing(world, **params) -> list[dict]:
     """Every grant of a list, page by page (first=1: every page boundary is crossed)."""
-    items, cursor = [], None
-    while True:
-        answer = await get(world, "/grants", first="1", **params, **({"cursor": cursor} if cursor else {}))
-        assert answer.status_code == 200, answer.text
-        page = answer.json()
-        items += page["result"]
-        if not page["pagination"]["hasNextPage"]:
-            return items
-        cursor = page["pagination"]["endCursor"]
+    return await world.operator_list("/grants", first="1", **params)
 
 
 async def pending_grant(world, access: list[dict]) -> dict:
