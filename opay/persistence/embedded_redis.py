@@ -7,6 +7,7 @@ machine without a system Redis still runs opay with no manual step.
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
 import signal
 import subprocess
@@ -40,6 +41,9 @@ def redis_server_binary() -> str:
 
 
 def _die_with_parent() -> None:
+    # Its own process group: a terminal's Ctrl-C (sent to the whole foreground group) must not
+    # stop Redis under the front ends still finishing their requests; serve stops it last.
+    os.setpgrp()
     # If opay is killed outright, its Redis follows instead of holding the port;
     # with fsync on every write, nothing acknowledged is lost by that.
     PR_SET_PDEATHSIG = 1
