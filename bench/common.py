@@ -28,21 +28,32 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
-def session_cpu_seconds(sid: int) -> float:
-    """utime+stime of every live process in a session: the server, its Redis and its Ray
-    (Ray's workers, the shards among them, run in process groups of their own)."""
-    total = 0
+def session_processes(sid: int, with_command: bool = False) -> dict[int, tuple[str, int]]:
+    """pid: (its command line, or "" without with_command; utime+stime in ticks) of every live
+    process in a session: the server, its Redis and its Ray (Ray's workers, the shards among
+    them, run in process groups of their own)."""
+    found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as stat:
                 fields = stat.read().rsplit(")", 1)[1].split()
+            if int(fields[3]) != sid:  # after the name: state ppid pgrp session ... utime(14) stime(15)
+                continue
+            command = ""
+            if with_command:
+                with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                    command = cmdline.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if int(fields[3]) == sid:  # after the name: state ppid pgrp session ... utime(14) stime(15)
-            total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
+        found[int(entry)] = (command, int(fields[11]) + int(fields[12]))
+    return found
+
+
+def session_cpu_seconds(sid: int) -> float:
+    """utime+stime of every live process in a session, in seconds."""
+    return sum(ticks for _, ticks in session_processes(sid).values()) / CLK_TCK
 
 
 @dataclass

@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common  # noqa: E402
-from bench.common import percentile  # noqa: E402
+from bench.common import percentile, session_processes  # noqa: E402
 from bench.load import interactive_outgoing_token  # noqa: E402
 from opay.client import Operator, SignedClient  # noqa: E402
 
@@ -87,18 +87,7 @@ def write_requests(path: Path, requests: list[bytes]) -> Path:
 def processes(sid: int) -> dict[int, tuple[str, int]]:
     """pid: (role, utime+stime in ticks) of every process in the server's session."""
     found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                command = cmdline.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if int(fields[3]) != sid:  # after the name: state ppid pgrp session ... utime(14) stime(15)
-            continue
+    for pid, (command, ticks) in session_processes(sid, with_command=True).items():
         if "redis-server" in command:
             role = "redis"
         elif command.startswith("ray::"):  # Ray's workers name themselves after their actor
@@ -107,7 +96,7 @@ def processes(sid: int) -> dict[int, tuple[str, int]]:
             role = "ray other"
         else:  # `opay serve` (its uvicorn and its Ray driver), and any front end it starts
             role = "front end"
-        found[int(entry)] = (role, int(fields[11]) + int(fields[12]))
+        found[pid] = (role, ticks)
     return found
 
 
