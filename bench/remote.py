@@ -31,13 +31,13 @@ import redis.asyncio as aioredis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from opay.actors.registry import codec  # noqa: E402
+from opay.persistence.keys import shard_of  # noqa: E402
 from opay.domain.outgoing_payment import OutgoingPayment  # noqa: E402
 from opay.ilp import sender as stream  # noqa: E402
 from opay.persistence import keys  # noqa: E402
 from tests.conftest import make_world  # noqa: E402
-from tests.support import OpayServer  # noqa: E402
-from tests.test_remote_payments import A_TO_B, B_TO_A, incoming_at_b, open_remote_payment, totals  # noqa: E402
-from tests.test_remote_receivers import LOOPBACK_FETCHES  # noqa: E402
+from tests.support import A_TO_B, B_TO_A, LOOPBACK_FETCHES, OpayServer  # noqa: E402
+from tests.test_remote_payments import SHARDS, incoming_at_b, open_remote_payment, totals  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -74,7 +74,7 @@ async def main(args: argparse.Namespace) -> None:
                 entity_id = await open_remote_payment(a, url, receive=args.amount, in_flight=args.in_flight)
                 started = time.perf_counter()
                 while True:
-                    raw = await redis_a.hget(keys.entity(entity_id), "s")
+                    raw = await redis_a.hget(keys.entity(entity_id, shard_of(entity_id, SHARDS)), "s")
                     payment = codec.decode_state(raw)
                     assert isinstance(payment, OutgoingPayment)
                     if payment.settled:

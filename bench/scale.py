@@ -57,7 +57,7 @@ from bench import common, load  # noqa: E402
 from opay.actors import ids, registry  # noqa: E402
 from opay.actors.entity import EntityHost  # noqa: E402
 from opay.actors.messages import ExpireIncomingPayment, Nothing, OpenIncomingPayment, State  # noqa: E402
-from opay.actors.routing import shard_of  # noqa: E402
+from opay.persistence.keys import shard_of  # noqa: E402
 from opay.client import Operator  # noqa: E402
 from opay.clock import now_ms  # noqa: E402
 from opay.domain import incoming_payment as rules  # noqa: E402
@@ -118,8 +118,9 @@ async def load_phases(args: argparse.Namespace, server) -> dict[str, float]:
 def populate(args: argparse.Namespace, client: redis.Redis, wallets: list[str], client_identity: str, expiry_ms: int) -> list[str]:
     """N incoming payments opened by EntityHosts like the shards' (see the module's docstring)."""
     shards = int(client.get(keys.SHARD_COUNT))
-    store = SnapshotStore(client)
-    hosts = [EntityHost(store, registry.HANDLERS, 1, shard=n, journal_keys=registry.JOURNAL_KEYS, codec=registry.codec) for n in range(shards)]
+    hosts = [
+        EntityHost(SnapshotStore(client, n), registry.HANDLERS, 1, journal_keys=registry.JOURNAL_KEYS, codec=registry.codec) for n in range(shards)
+    ]
     from opay.domain.amounts import Asset
 
     asset, policy = Asset("USD", 2), rules.ExpiryPolicy(expiry_ms, expiry_ms)
@@ -150,27 +151,29 @@ def populate(args: argparse.Namespace, client: redis.Redis, wallets: list[str], 
 def redis_breakdown(client: redis.Redis, sample: list[str], wallet: str, client_identity: str) -> dict[str, float]:
     """MEMORY USAGE (SAMPLES 0: exact) of sampled entity hashes, and each sorted set's bytes per member."""
     shards = int(client.get(keys.SHARD_COUNT))
-    entity = statistics.mean(client.memory_usage(keys.entity(e), samples=0) for e in sample)
-    snapshot = statistics.mean(len(client.hget(keys.entity(e), "s")) for e in sample)
+    entity = statistics.mean(client.memory_usage(keys.entity(e, shard_of(e, shards)), samples=0) for e in sample)
+    snapshot = statistics.mean(len(client.hget(keys.entity(e, shard_of(e, shards)), "s")) for e in sample)
 
-    def per_member(key: str) -> float:
-        return client.memory_usage(key, samples=0) / max(1, client.zcard(key))
+    def per_member(parts: list[str]) -> float:
+        """A list's bytes per member, over its parts (one sorted set per shard)."""
+        return sum(client.memory_usage(key, samples=0) or 0 for key in parts) / max(1, sum(client.zcard(key) for key in parts))
 
     kind = ids.INCOMING_PAYMENT.prefix
     due = sum(client.memory_usage(keys.due(n), samples=0) for n in range(shards)) / max(1, sum(client.zcard(keys.due(n)) for n in range(shards)))
     return {
         "entity hash (v, s, w)": entity,
         "  of which the snapshot": snapshot,
-        "wallet index, per member": per_member(keys.index(kind, wallet)),
-        "client index, per member": per_member(keys.index(kind, wallet, client_identity)),
+        "wallet index, per member": per_member([keys.index(kind, n, wallet) for n in range(shards)]),
+        "client index, per member": per_member([keys.index(kind, n, wallet, client_identity) for n in range(shards)]),
         "due set, per member": due,
     }
 
 
-def standalone_resident(client: redis.Redis, entity_ids: list[str], traced: bool) -> tuple[float, int, EntityHost]:
+def standalone_resident(client: redis.Redis, shard: int, entity_ids: list[str], traced: bool) -> tuple[float, int, EntityHost]:
     """Bytes per entity made active in an EntityHost here by ExpireIncomingPayment (nothing is
-    written): RSS delta, or tracemalloc's when `traced`."""
-    host = EntityHost(SnapshotStore(client), registry.HANDLERS, len(entity_ids) + 1, journal_keys=registry.JOURNAL_KEYS, codec=registry.codec)
+    written): RSS delta, or tracemalloc's when `traced`. The host is `shard`'s: `entity_ids`
+    must be entities it hosts."""
+    host = EntityHost(SnapshotStore(client, shard), registry.HANDLERS, len(entity_ids) + 1, journal_keys=registry.JOURNAL_KEYS, codec=registry.codec)
     gc.collect()
     if traced:
         tracemalloc.start()
@@ -282,7 +285,8 @@ async def run(args: argparse.Namespace) -> None:
                 made = await signed.request("POST", f"{server.public_url}/incoming-payments", token=gnap,
                                             json={"walletAddress": receiver["id"], "incomingAmount": {"value": str(AMOUNT), "assetCode": "USD", "assetScale": 2}})
                 made.raise_for_status()
-                template = registry.codec.decode_state(client.hget(keys.entity(ids.incoming_payment_of_url(made.json()["id"])), "s"))
+                made_id = ids.incoming_payment_of_url(made.json()["id"])
+                template = registry.codec.decode_state(client.hget(keys.entity(made_id, shard_of(made_id, int(client.get(keys.SHARD_COUNT)))), "s"))
                 client_identity, expiry_ms = template.client, template.expires_at_ms - template.created_at_ms
             for setting in args.redis_config:
                 client.config_set(*setting.split("=", 1))
@@ -353,12 +357,14 @@ async def run(args: argparse.Namespace) -> None:
                           f"{(after - before) / max(1, ok):.0f} B (journal entry included)"))
             client = redis.Redis.from_url(redis_url)
             # Payments neither credited nor read yet (no journal entry): a bare resident entity.
+            # The standalone host stands in for shard 0: it activates shard 0's entities.
             taken = set(chosen) | set(sample)
-            bare = [e for e in entity_ids if e not in taken][:resident] or chosen
-            per_rss, _, host = standalone_resident(client, bare, traced=False)
+            shards = int(client.get(keys.SHARD_COUNT))
+            bare = [e for e in entity_ids if e not in taken and shard_of(e, shards) == 0][:resident] or [e for e in chosen if shard_of(e, shards) == 0]
+            per_rss, _, host = standalone_resident(client, 0, bare, traced=False)
             del host
             gc.collect()
-            per_traced, _, host = standalone_resident(client, bare, traced=True)
+            per_traced, _, host = standalone_resident(client, 0, bare, traced=True)
             table.append((f"EntityHost here, {len(bare):,} active (ExpireIncomingPayment)", f"RSS {per_rss:.0f} B, tracemalloc {per_traced:.0f} B per entity"))
             (_, first), (entity_id, active) = list(host._active.items())[:2]
             first_holds: set[int] = set()

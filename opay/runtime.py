@@ -32,6 +32,7 @@ from opay.net.fetch import Fetcher, FetchPolicy
 from opay.outbox import delivery as webhooks
 from opay.outbox.admin import WebhookEvents
 from opay.persistence import clients, keys
+from opay.persistence.clients import ShardClients
 from opay.persistence.queries import Queries
 from opay.persistence.wallet_addresses import WalletAddressStore
 from opay.pricing import Pricing
@@ -118,18 +119,19 @@ async def serve(
     remote_receivers = RemoteReceivers(settings, fetcher, client_signer)
     prober = RateProber(settings)
     router = shard_router(settings, shards)
+    shard_clients = ShardClients(redis_url, settings.redis_timeout_seconds, router.shard_count)
     services = Services(
         settings=settings,
         router=router,
-        queries=Queries(client, registry.codec),
+        queries=Queries(shard_clients, registry.codec),
         wallets=wallets,
         grants=grants,
         introspector=introspector,
         client_keys=ClientKeys(public_url=settings.public_url, wallets=wallets, fetcher=fetcher, cache_seconds=settings.jwks_cache_seconds),
         mint=CredentialMint(await stream_secret(client, settings), settings.ilp_address),
         pricing=Pricing(client, http, rates_url=settings.rates_url, cache_seconds=settings.rates_cache_seconds),
-        peers=(peers := PeerStore(client)),
-        webhook_events=WebhookEvents(client),
+        peers=(peers := PeerStore(client, shard_clients)),
+        webhook_events=WebhookEvents(shard_clients),
         remote_receivers=remote_receivers,
         prober=prober,
     )
@@ -154,7 +156,7 @@ async def serve(
     background = [
         asyncio.create_task(supervise("revocation listener", lambda: _forget_revoked(client, introspector))),
         asyncio.create_task(supervise("peer cache", peers.listen)),
-        *(start_duties(client, router, settings) if duties else []),
+        *(start_duties(shard_clients, router, settings) if duties else []),
     ]
     # What is built by now (apps, routes, caches, Ray's and the libraries' modules) lives as
     # long as the process: frozen out of the collector's scans. A request allocates many
@@ -177,15 +179,16 @@ async def serve(
         links.close()
         await http.aclose()
         await fetcher.aclose()
+        await shard_clients.aclose()
         await client.aclose()
 
 
-def start_duties(client: aioredis.Redis, router: ShardRouter, settings: Settings) -> list[asyncio.Task]:
+def start_duties(shard_clients: ShardClients, router: ShardRouter, settings: Settings) -> list[asyncio.Task]:
     """The deployment's background work: due timers, and webhook delivery if there is a URL."""
-    due = Timers(client, router, settings.timer_batch_max)
+    due = Timers(shard_clients, router, settings.timer_batch_max)
     tasks = [asyncio.create_task(supervise("timers", lambda: due.run(settings.timer_interval_seconds)))]
     if settings.webhook_url:  # without one there is nothing to send (and the task would return)
-        tasks.append(asyncio.create_task(supervise("webhooks", lambda: webhooks.run(client, settings))))
+        tasks.append(asyncio.create_task(supervise("webhooks", lambda: webhooks.run(shard_clients, settings))))
     return tasks
 
 
@@ -198,9 +201,9 @@ def shard_router(settings: Settings, shards: Shards) -> ShardRouter:
 async def run_duties(settings: Settings, redis_url: str, shards: Shards, stop: asyncio.Event) -> None:
     """Timers and webhook delivery without the APIs (`opay head`, and the supervisor of
     several front-end processes), until `stop` is set."""
-    client = clients.asynchronous(redis_url, settings.redis_timeout_seconds)
     router = shard_router(settings, shards)
-    tasks = start_duties(client, router, settings)
+    shard_clients = ShardClients(redis_url, settings.redis_timeout_seconds, router.shard_count)
+    tasks = start_duties(shard_clients, router, settings)
     try:
         await stop.wait()
     finally:
@@ -208,7 +211,7 @@ async def run_duties(settings: Settings, redis_url: str, shards: Shards, stop: a
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await router.close()
-        await client.aclose()
+        await shard_clients.aclose()
 
 
 async def _announce(settings: Settings, servers: list[_Server], show_token: bool, ready: Callable[[], None] | None) -> None:

@@ -145,6 +145,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     )] = 10.0
     shard_max_active_entities: Annotated[Positive, _doc("entities one shard keeps in memory; the least recent are evicted")] = 100_000
     redis_timeout_seconds: Annotated[Seconds, _doc("deadline of one Redis call")] = 5.0
+    redis_wait_replicas: Annotated[int, _doc(
+        "on Redis Cluster: replicas that must hold an entity write (WAIT, within half of redis_timeout_seconds) before it is"
+        " acknowledged, so a failover loses nothing acknowledged; 0: the master's word is enough", ge=0, le=16,
+    )] = 1
     timer_interval_seconds: Annotated[Seconds, _doc("how often expiries and retries due are looked for")] = 1.0
     timer_batch_max: Annotated[Positive, _doc("due timers handled per tick at most")] = 500
     body_max_bytes: Annotated[Positive, _doc("a larger request body is refused 413")] = 64 * 1024

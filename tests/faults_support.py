@@ -31,7 +31,7 @@ from typing import Iterator
 
 import httpx
 
-from opay.actors.routing import shard_of
+from opay.persistence.keys import shard_of
 from opay.client import Operator
 from opay.persistence.embedded_redis import EmbeddedRedis, _die_with_parent, config_path, redis_server_binary
 from tests.conftest import World, make_world

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from opay.client import SignedClient, public_jwk
 from opay.http import signatures
+from opay.persistence import keys
 from tests.conftest import INCOMING_ALL, make_world
 from tests.support import OpayServer, free_port
 from tests.test_bad_input import assert_error
@@ -30,7 +31,7 @@ from tests.test_bad_input import assert_error
 pytestmark = pytest.mark.anyio
 
 USD100 = {"value": "100", "assetCode": "USD", "assetScale": 2}
-STORED = ("opay:e:*", "opay:ix:*", "opay:j:*", "opay:grant:*", "opay:token:*", "opay:token-id:*")
+STORED = ("opay:e:*", "opay:ix:*", "opay:j:*", keys.grant("*"), keys.token("*"), keys.token_by_id("*"))
 
 
 def assert_401(response, world, code: str | None = None) -> dict:

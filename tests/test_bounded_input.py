@@ -295,7 +295,7 @@ def test_operator_keys_cannot_disturb_an_ilp_packet_entry(embedded: EmbeddedRedi
     host = host_for(embedded)
     again = ilp()
     assert again.replayed and again.outcome.accepted and again.received_now == 31
-    journal = client_for(embedded).hgetall(keys.journal(entity_id))
+    journal = client_for(embedded).hgetall(keys.journal(entity_id, 0))  # host_for: shard 0
     names = {name.decode() for name in journal}
     assert names == {
         bucket,

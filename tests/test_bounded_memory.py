@@ -45,6 +45,7 @@ WALLET = "http://127.0.0.1/alice"
 
 
 def host_for(server: EmbeddedRedis) -> EntityHost:
+    """A host over shard 0 (SnapshotStore's default): the keys read back below are shard 0's."""
     client = redis.Redis.from_url(server.url, socket_timeout=5, socket_connect_timeout=2)
     return EntityHost(SnapshotStore(client), HANDLERS, 10_000, journal_keys=JOURNAL_KEYS)
 
@@ -136,18 +137,18 @@ def test_a_grant_with_2000_settled_payments_holds_little_and_still_refuses_past_
         assert host.held_journal(receiver_entity) <= JOURNAL_HELD_MAX
 
     for payment_id in (failed_ids[0], completed_ids[0], completed_ids[-1]):
-        state = codec.decode_state(raw.hget(keys.entity(f"op:{payment_id}"), "s"))
+        state = codec.decode_state(raw.hget(keys.entity(f"op:{payment_id}", 0), "s"))
         assert state.phase == ("failed" if payment_id in failed_ids else "completed") and (state.phase != "failed" or state.grant_released)
 
     # The ledger's snapshot: the totals and nothing per payment.
-    snapshot = raw.hget(keys.entity(grant), "s")
+    snapshot = raw.hget(keys.entity(grant, 0), "s")
     ledger = codec.decode_state(snapshot)
     assert isinstance(ledger, GrantSpend)
     assert (ledger.spent_debit, ledger.unconfirmed) == (10_000, {})
     assert len(snapshot) < 128, len(snapshot)
     # Each payment id's reservation stays in Redis, where it answers retries; memory holds
     # a bounded part of it (it held all 2,000 before).
-    assert raw.hlen(keys.journal(grant)) == 2_000
+    assert raw.hlen(keys.journal(grant, 0)) == 2_000
     assert host.held_journal(grant) <= JOURNAL_HELD_MAX < 2_000
 
     # Retries of reservations long out of memory: counted once, or refused once given back.
@@ -168,7 +169,7 @@ def test_a_grant_with_2000_settled_payments_holds_little_and_still_refuses_past_
     assert reserve(completed_ids[-1]) == Spent(10_005, 10_005), "a retry after the restart is not counted again"
     assert reserve(last, 5) == Spent(10_005, 10_005)
     assert host.held_journal(grant) == 3 and host.journal_reads == 0
-    assert codec.decode(raw.hget(keys.journal(grant), completed_ids[0]), Reservation) == Reservation(debit=10, receive=10, window=-1)
+    assert codec.decode(raw.hget(keys.journal(grant, 0), completed_ids[0]), Reservation) == Reservation(debit=10, receive=10, window=-1)
 
 
 def test_an_incoming_payment_with_10000_credits_activates_without_loading_them(embedded: EmbeddedRedis) -> None:
@@ -182,7 +183,7 @@ def test_an_incoming_payment_with_10000_credits_activates_without_loading_them(e
         assert all(isinstance(reply, Credited) and reply.outcome.accepted for reply in replies)
         first.update({credit.idempotency_key: reply for credit, reply in zip(credits, replies)})
         assert host.held_journal(payment) <= JOURNAL_HELD_MAX
-    assert raw.hlen(keys.journal(payment)) == 10_000
+    assert raw.hlen(keys.journal(payment, 0)) == 10_000
     received = sum(1 + n % 7 for n in range(1_000)) * 10
 
     # A replay on the host that wrote them, of a key it no longer holds.
@@ -200,7 +201,7 @@ def test_an_incoming_payment_with_10000_credits_activates_without_loading_them(e
     [fresh] = run(host, [CreditIncomingPayment(payment, 3, "operator", "new")])
     assert fresh.outcome.accepted and not fresh.replayed and fresh.outcome.received == received + 3
     assert host.held_journal(payment) == 3
-    assert raw.hlen(keys.journal(payment)) == 10_001
+    assert raw.hlen(keys.journal(payment, 0)) == 10_001
 
     # Beside it, a payment with a small journal is held whole: a fresh key is known absent
     # without reading anything, as before.
@@ -218,13 +219,13 @@ def test_a_write_past_the_size_bounds_is_refused_and_nothing_is_stored(embedded:
     raw = redis.Redis.from_url(embedded.url)
     host = host_for(embedded)
     _, payment = open_receiver(host)
-    version = raw.hget(keys.entity(payment), "v")
+    version = raw.hget(keys.entity(payment, 0), "v")
     monkeypatch.setattr(entity, "JOURNAL_ENTRY_MAX_BYTES", 8)
     assert run(host, [CreditIncomingPayment(payment, 1, "operator", "a")]) == [INTERNAL]
     monkeypatch.setattr(entity, "JOURNAL_ENTRY_MAX_BYTES", 1 << 16)
     monkeypatch.setattr(entity, "SNAPSHOT_MAX_BYTES", 16)
     assert run(host, [CreditIncomingPayment(payment, 1, "operator", "b")]) == [INTERNAL]
-    assert raw.hget(keys.entity(payment), "v") == version and raw.hlen(keys.journal(payment)) == 0
+    assert raw.hget(keys.entity(payment, 0), "v") == version and raw.hlen(keys.journal(payment, 0)) == 0
     monkeypatch.setattr(entity, "SNAPSHOT_MAX_BYTES", 1 << 20)
     [reply] = run(host, [CreditIncomingPayment(payment, 1, "operator", "a")])
     assert reply.outcome.accepted and reply.outcome.received == 1

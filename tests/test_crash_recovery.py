@@ -16,7 +16,7 @@ import httpx
 import pytest
 import redis
 
-from opay.actors.routing import shard_of
+from opay.persistence.keys import shard_of
 from opay import base64url
 from opay.ilp.credentials import CredentialMint
 from opay.actors.registry import codec
@@ -193,7 +193,7 @@ async def test_expiry_timer_survives_a_restart(own_server: OpayServer) -> None:
     while stored.zscore(keys.due(shard_of(entity_id, 2)), entity_id) is not None:
         assert time.monotonic() < deadline, "the due timer did not fire after the restart"
         await anyio.sleep(0.1)
-    state = codec.decode_state(stored.hget(keys.entity(entity_id), "s"))
+    state = codec.decode_state(stored.hget(keys.entity(entity_id, shard_of(entity_id, 2)), "s"))
     assert state.expired and not state.completed and state.received == 0
 
     async with client(10) as http:

@@ -83,8 +83,8 @@ def operator_key(key: str) -> bytes:
 
 
 def stored(raw: redis.Redis, entity_id: str) -> tuple[int, rules.IncomingPayment, dict[bytes, bytes]]:
-    version, snapshot = raw.hmget(keys.entity(entity_id), "v", "s")
-    return int(version), codec.decode_state(snapshot), raw.hgetall(keys.journal(entity_id))
+    version, snapshot = raw.hmget(keys.entity(entity_id, 0), "v", "s")
+    return int(version), codec.decode_state(snapshot), raw.hgetall(keys.journal(entity_id, 0))
 
 
 def test_a_stale_activation_cannot_overwrite_a_newer_version(embedded: EmbeddedRedis) -> None:

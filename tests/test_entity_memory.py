@@ -29,7 +29,7 @@ def test_activated_entities_share_equal_values_and_state_what_redis_holds(embedd
     entity_id, payment = opened[0]
     reply = host.handle([CreditIncomingPayment(entity_id, 5, "operator", "k1")], now_ms()).replies[0]
     assert isinstance(reply, Credited) and reply.received_now == 5
-    stored = codec.decode_state(client_for(embedded).hget(keys.entity(entity_id), "s"))
+    stored = codec.decode_state(client_for(embedded).hget(keys.entity(entity_id, 0), "s"))
     assert stored == host._active[entity_id].state and stored.wallet_address == payment.wallet_address and stored.received == 5
 
 
@@ -56,4 +56,4 @@ def test_an_entity_without_journal_entries_holds_none_and_still_records_its_next
         reply = host.handle([CreditIncomingPayment(entity_id, 7, "operator", "k")], now_ms()).replies[0]
         assert isinstance(reply, Credited) and reply.received_now == 7
     assert host._active[entity_id].journal is not NO_JOURNAL and host.held_journal(entity_id) == 1
-    assert client_for(embedded).hget(keys.journal(entity_id), "operator:k") is not None
+    assert client_for(embedded).hget(keys.journal(entity_id, 0), "operator:k") is not None

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from opay.actors import ids
-from opay.actors.routing import shard_of
+from opay.persistence.keys import shard_of
 from tests.conftest import make_world
 from tests.support import OpayServer, free_port, session_members
 from tests.test_observability_logs import wait_for

@@ -28,6 +28,7 @@ import pytest
 import redis
 
 from opay.actors.incoming_payments import journal_key
+from opay.persistence.keys import shard_of
 from opay.domain import packet_dedupe
 from opay.ilp.packet import Fulfill
 from opay.persistence import codec, keys
@@ -103,9 +104,15 @@ def shards_stopped(server: OpayServer):
             os.kill(pid, signal.SIGCONT)
 
 
+def journal_of(payment: dict) -> str:
+    """The payment's journal key on the server (OpayServer runs OPAY_SHARDS=2)."""
+    entity_id = f"ip:{payment['id'].rsplit('/', 1)[1]}"
+    return keys.journal(entity_id, shard_of(entity_id, 2))
+
+
 def dedupe_entries(server: OpayServer, payment: dict) -> dict[str, packet_dedupe.Bucket]:
     """The payment's ILP dedupe buckets as Redis holds them."""
-    stored = redis.Redis.from_url(server.redis_url).hgetall(keys.journal(f"ip:{payment['id'].rsplit('/', 1)[1]}"))
+    stored = redis.Redis.from_url(server.redis_url).hgetall(journal_of(payment))
     prefix = journal_key("ilp", "")
     return {
         name.decode(): codec.decode(value, packet_dedupe.Bucket) for name, value in stored.items() if name.decode().startswith(prefix)
@@ -114,7 +121,7 @@ def dedupe_entries(server: OpayServer, payment: dict) -> dict[str, packet_dedupe
 
 def journal_bytes(server: OpayServer, payment: dict) -> int:
     client = redis.Redis.from_url(server.redis_url)
-    key = keys.journal(f"ip:{payment['id'].rsplit('/', 1)[1]}")
+    key = journal_of(payment)
     return sum(client.hstrlen(key, name) for name in client.hkeys(key))
 
 

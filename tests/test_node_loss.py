@@ -11,23 +11,21 @@ the test spends seconds, not Ray's default quarter of a minute, noticing the dea
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from opay.actors.routing import shard_of
+from opay.persistence.keys import shard_of
 from opay.http.incoming_payments import entity_id
+from tests.credit_load import CreditLoad
 from tests.support import OpayServer, free_port, session_members
 
 # serial: it bounds how long a request waits under faults, so it runs alone (Makefile).
@@ -47,7 +45,6 @@ RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 # Bounds of the polls below, never asserted as durations: a service that does not come
 # back within them is a failure, however slow the machine.
 RECOVERY_BOUND_SECONDS = 90
-STREAM_WORKERS = 12
 CAPS = [200, 600, 100_000, 10**12]
 
 # Where every live actor runs and which nodes are up, from Ray's state API (served by the
@@ -146,18 +143,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
         shutil.rmtree(temp_dir, ignore_errors=True)  # the nodes' logs and sockets
 
 
-def outcome_of(response: httpx.Response) -> str:
-    """'acked', 'refused' (409: nothing applied) or 'unknown' (503: may have landed)."""
-    if response.status_code == 200:
-        return "acked"
-    if response.status_code == 409:
-        assert response.json()["error"]["code"] in ("cap_exceeded", "completed"), response.text
-        return "refused"
-    assert response.status_code == 503, response.text
-    assert response.headers.get("retry-after"), "a 503 says when to retry"
-    return "unknown"
-
-
 async def test_a_node_dies_under_credit_load_and_its_shards_serve_again_elsewhere(cluster) -> None:
     address, nodes, server = cluster
     before = ray_state(address, 3)
@@ -182,74 +167,18 @@ async def test_a_node_dies_under_credit_load_and_its_shards_serve_again_elsewher
             url = made.json()["id"]
             payments[url] = (cap, shard_of(entity_id(url.rsplit("/", 1)[1]), SHARDS))
         moved = [url for url, (_, shard) in payments.items() if hosts[f"opay-shard-{shard}"] == victim]
+        load = CreditLoad(http, server.operator_url, {url: cap for url, (cap, _) in payments.items()}, seed=12)
 
-        rng = random.Random(12)
-        sent: dict[str, tuple[str, int]] = {}  # idempotency key -> (url, amount)
-        final: dict[str, str] = {}  # key -> acked / refused / unknown
-        killed_at: list[float] = []
-        back_at: list[float] = []
-        slowest = [0.0]
-        stop = asyncio.Event()
-
-        async def credit(key: str) -> str:
-            url, amount = sent[key]
-            started = time.monotonic()
-            response = await http.post(f"{server.operator_url}/credits", json={"incomingPayment": url, "amount": str(amount), "idempotencyKey": key})
-            slowest[0] = max(slowest[0], time.monotonic() - started)
-            result = outcome_of(response)
-            if result == "acked":
-                assert int(response.json()["receivedAmount"]["value"]) <= payments[url][0]
-                if killed_at and not back_at and url in moved and started > killed_at[0]:
-                    back_at.append(time.monotonic())
-            return result
-
-        async def stream(worker: int) -> None:
-            n = 0
-            while not stop.is_set():
-                key = f"w{worker}-{n}"
-                n += 1
-                sent[key] = (rng.choice(list(payments)), rng.randint(1, 20))
-                final[key] = await credit(key)
-
-        workers = [asyncio.create_task(stream(w)) for w in range(STREAM_WORKERS)]
-        try:
-            await asyncio.sleep(3)
+        async def lose_the_node() -> None:
             nodes[victim].kill9()
-            killed_at.append(time.monotonic())
-            # Served again: a credit to a payment of the lost node's shard, sent after the kill, acked.
-            while not back_at:
-                assert time.monotonic() - killed_at[0] < RECOVERY_BOUND_SECONDS, f"no shard of node {victim} came back:\n{server.log()}"
-                assert not any(w.done() for w in workers), [w.exception() for w in workers if w.done()]
-                await asyncio.sleep(0.2)
-            await asyncio.sleep(2)  # a while of service after the move, under the same load
-        finally:
-            stop.set()
-            await asyncio.gather(*workers)
+            load.faulted()
 
-        # Unknown outcomes, asked again with the same key until known: then every credit is
-        # either in the stored amount once or refused whole.
-        unknown = [key for key, result in final.items() if result == "unknown"]
-        for key in unknown:
-            for _ in range(100):
-                final[key] = await credit(key)
-                if final[key] != "unknown":
-                    break
-                await asyncio.sleep(0.2)
-            assert final[key] != "unknown", f"{key} still unknown"
-        for url, (cap, _) in payments.items():
-            read = await http.get(f"{server.operator_url}/incoming-payments/{url.rsplit('/', 1)[1]}")
-            assert read.status_code == 200, read.text
-            stored = int(read.json()["receivedAmount"]["value"])
-            acked = sum(amount for key, (u, amount) in sent.items() if u == url and final[key] == "acked")
-            assert stored == acked, (url, stored, acked)
-            assert stored <= cap
+        # Served again: a credit to a payment of the lost node's shard, sent after the kill, acked.
+        await load.around(lose_the_node, moved, RECOVERY_BOUND_SECONDS, server.log)
+        await load.settle_and_check()
 
     after = ray_state(address, 2)
     assert set(after["shards"]) == set(hosts), after
     survivor = ({"a", "b"} - {victim}).pop()
     assert {node_of(after, node_id) for node_id in after["shards"].values()} == {survivor}, after
-    counts = {result: sum(1 for r in final.values() if r == result) for result in ("acked", "refused")}
-    print(
-        f"\nnode {victim} killed; first credit acked by its moved shard {back_at[0] - killed_at[0]:.1f} s later; "
-        f"{len(final)} credits ({counts}), {len(unknown)} unknown at first; slowest answer seen here {slowest[0]:.1f} s"
-    )
+    print(f"\nnode {victim} killed; by its moved shard: {load.summary()}")

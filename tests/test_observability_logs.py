@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from opay.actors import ids
+from opay.persistence.keys import shard_of
 from opay.observability import logs
 from opay.persistence import keys
 from tests.support import OpayServer
@@ -133,7 +134,7 @@ async def test_a_quarantine_is_logged_by_its_shard_in_the_same_format(world) -> 
     payment_uuid = str(uuid.uuid4())
     entity = ids.INCOMING_PAYMENT(payment_uuid)
     store = redis.Redis.from_url(world.server.redis_url)
-    store.hset(keys.entity(entity), mapping={"v": 1, "s": b"\xff"})
+    store.hset(keys.entity(entity, shard_of(entity, 2)), mapping={"v": 1, "s": b"\xff"})  # the session server runs 2 shards
     store.close()
     request_id = f"poisoned-{uuid.uuid4()}"
     body = {"incomingPayment": f"{world.server.public_url}/incoming-payments/{payment_uuid}", "amount": "1", "idempotencyKey": "k"}

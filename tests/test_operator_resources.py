@@ -17,7 +17,8 @@ from opay.actors.registry import codec
 from opay.client import Operator
 from opay.domain.amounts import Asset
 from opay.domain.incoming_payment import IncomingPayment
-from opay.persistence import clients, keys
+from opay.persistence import keys
+from opay.persistence.clients import ShardClients
 from opay.persistence.embedded_redis import EmbeddedRedis
 from opay.persistence.queries import SCAN_MAX, Queries
 from tests.test_outgoing_payments import make_payer, rfc3339, usd
@@ -332,8 +333,9 @@ async def test_rates_and_fees_read_back(world) -> None:
 async def test_a_rare_state_is_found_past_the_scan_bound(embedded: EmbeddedRedis) -> None:
     """A filtered page reads at most SCAN_MAX snapshots: it ends there with a cursor to go
     on from, and the next page finds what lies beyond (a bare Redis, the real page script)."""
-    client = clients.asynchronous(embedded.url, 5)
-    index = keys.index("ip", "https://w.example/x")
+    shards = ShardClients(embedded.url, 5, 1)  # one shard: the whole list is one sorted set, as the page script saw it
+    client = shards.of(0)
+    index = lambda shard: keys.index("ip", shard, "https://w.example/x")  # noqa: E731
     members = []
     pipe = client.pipeline(transaction=False)
     for n in range(SCAN_MAX + 100):
@@ -343,10 +345,10 @@ async def test_a_rare_state_is_found_past_the_scan_bound(embedded: EmbeddedRedis
             incoming_amount=None, expires_at_ms=10**13, created_at_ms=n, completed=n in (0, SCAN_MAX + 50),
         )
         members.append(entity_ids.INCOMING_PAYMENT(payment_id))
-        pipe.hset(keys.entity(members[-1]), mapping={"v": 1, "s": codec.encode_state(state)})
-        pipe.zadd(index, {members[-1]: n})
+        pipe.hset(keys.entity(members[-1], 0), mapping={"v": 1, "s": codec.encode_state(state)})
+        pipe.zadd(index(0), {members[-1]: n})
     await pipe.execute()
-    queries = Queries(client, codec)
+    queries = Queries(shards, codec)
     completed = lambda state: state.completed  # noqa: E731
 
     first = await queries.page(index, None, "first", 10, completed)
@@ -364,4 +366,4 @@ async def test_a_rare_state_is_found_past_the_scan_bound(embedded: EmbeddedRedis
     # Unfiltered: one page of exactly what was asked, as the public lists have it.
     plain = await queries.page(index, None, "first", 3)
     assert [p.created_at_ms for p in plain.items] == [0, 1, 2] and plain.has_next and plain.end == members[2]
-    await client.aclose()
+    await shards.aclose()

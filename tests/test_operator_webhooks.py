@@ -27,6 +27,8 @@ from tests.test_bad_input import assert_error
 pytestmark = pytest.mark.anyio
 
 MAX_ATTEMPTS = 2
+SHARDS = 2  # the server's: each event is in one of these shards' outboxes
+OUTBOXES = [keys.Outbox(n) for n in range(SHARDS)]
 WAIT_SECONDS = 30.0
 
 
@@ -98,6 +100,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, receiver):
     process = OpayServer(
         Path(tmp_path_factory.mktemp("opay-operator-webhooks")),
         extra_env={
+            "OPAY_SHARDS": str(SHARDS),
             "OPAY_WEBHOOK_URL": receiver.url,
             "OPAY_WEBHOOK_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
             "OPAY_WEBHOOK_TIMEOUT_SECONDS": str(WAIT_SECONDS),
@@ -218,20 +221,25 @@ async def test_bad_input_and_no_token_are_refused_and_change_nothing(world, rece
 
 async def test_purge_forgets_one_dead_event_or_all_of_them(world, receiver) -> None:
     one, *rest = await dead_events(world, receiver, 3)
-    answer = await world.http.delete(f"{world.server.operator_url}/webhook-events/{one['id']}", headers=world.operator.headers)
-    assert answer.status_code == 204, answer.text
-    assert_error(await get(world, f"/webhook-events/{one['id']}"), 404)
     client = aioredis.Redis.from_url(world.server.redis_url)
     try:
-        for table in (keys.WEBHOOK_EVENTS, keys.WEBHOOK_ATTEMPTS, keys.WEBHOOK_ERRORS):
-            assert not await client.hexists(table, one["id"]), table
+        holding = [outbox.shard for outbox in OUTBOXES if await client.zscore(outbox.dead, one["id"]) is not None]
+        assert len(holding) == 1 and await client.hexists(OUTBOXES[holding[0]].events, one["id"])  # one shard's, until purged
+        answer = await world.http.delete(f"{world.server.operator_url}/webhook-events/{one['id']}", headers=world.operator.headers)
+        assert answer.status_code == 204, answer.text
+        assert_error(await get(world, f"/webhook-events/{one['id']}"), 404)
+        for outbox in OUTBOXES:
+            for table in (outbox.events, outbox.attempts, outbox.errors):
+                assert not await client.hexists(table, one["id"]), table
+            assert await client.zscore(outbox.dead, one["id"]) is None and await client.zscore(outbox.due, one["id"]) is None
         left = len(await every(world, "dead"))
         assert left >= len(rest)
         purged = await world.http.delete(f"{world.server.operator_url}/webhook-events", params={"status": "dead"}, headers=world.operator.headers)
         assert purged.status_code == 200 and purged.json() == {"purged": left}, purged.text
         assert await every(world, "dead") == []
-        assert await client.zcard(keys.WEBHOOK_DEAD) == 0
-        for event in rest:
-            assert not await client.hexists(keys.WEBHOOK_EVENTS, event["id"])
+        for outbox in OUTBOXES:
+            assert await client.zcard(outbox.dead) == 0, outbox.dead
+            for event in rest:
+                assert not await client.hexists(outbox.events, event["id"])
     finally:
         await client.aclose()

@@ -34,7 +34,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from opay.actors.routing import shard_of
+from opay.persistence.keys import shard_of
 from opay.actors.incoming_payments import journal_key
 from opay.domain.grant_spend import GrantSpend, Reservation
 from opay.domain.incoming_payment import CreditOutcome
@@ -81,12 +81,15 @@ def own_server(tmp_path: Path):
         server.stop()
 
 
+# own_server runs 2 shards (tests/support.py): an entity's keys are shard_of(entity_id, 2)'s.
+
+
 def http_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=15, limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
 
 
 async def snapshot(store: aioredis.Redis, entity_id: str):
-    raw = await store.hget(keys.entity(entity_id), "s")
+    raw = await store.hget(keys.entity(entity_id, shard_of(entity_id, 2)), "s")
     return None if raw is None else codec.decode_state(raw)
 
 
@@ -100,12 +103,13 @@ async def crash_state(store: aioredis.Redis) -> dict[str, OutgoingPayment]:
             except (redis.ConnectionError, redis.BusyLoadingError):
                 await anyio.sleep(0.05)
     found: dict[str, OutgoingPayment] = {}
-    async for key in store.scan_iter(match=keys.entity("op:*"), count=500):
-        state = codec.decode_state(await store.hget(key, "s"))
-        if isinstance(state, Abandoned):
-            continue  # a tombstone: a create given up (none expected this early, all the same)
-        assert isinstance(state, OutgoingPayment)
-        found[state.id] = state
+    for shard in range(2):
+        async for key in store.scan_iter(match=keys.entity("op:*", shard), count=500):
+            state = codec.decode_state(await store.hget(key, "s"))
+            if isinstance(state, Abandoned):
+                continue  # a tombstone: a create given up (none expected this early, all the same)
+            assert isinstance(state, OutgoingPayment)
+            found[state.id] = state
     return found
 
 
@@ -307,7 +311,8 @@ async def test_kill9_mid_flow_loses_no_outgoing_payment_and_settles_none_twice(o
                 if "incomingAmount" in receiver:
                     assert received <= CAP
                     assert view["completed"] == (received == CAP)
-                journal = await store.hgetall(keys.journal(f"ip:{uuid_of(receiver['id'])}"))
+                receiver_entity = f"ip:{uuid_of(receiver['id'])}"
+                journal = await store.hgetall(keys.journal(receiver_entity, shard_of(receiver_entity, 2)))
                 outcomes = {k.decode(): codec.decode(v, CreditOutcome) for k, v in journal.items()}
                 assert {k for k, o in outcomes.items() if o.accepted} == {journal_key("settlement", p.id) for p in paying}
                 assert {k for k, o in outcomes.items() if not o.accepted} == {journal_key("settlement", p.id) for p in refused}
@@ -318,7 +323,7 @@ async def test_kill9_mid_flow_loses_no_outgoing_payment_and_settles_none_twice(o
             grant = f"grant:{grant_id}"
             deadline = time.monotonic() + ORPHAN_SECONDS
             while True:
-                reservations = {k.decode(): codec.decode(v, Reservation) for k, v in (await store.hgetall(keys.journal(grant))).items()}
+                reservations = {k.decode(): codec.decode(v, Reservation) for k, v in (await store.hgetall(keys.journal(grant, shard_of(grant, 2)))).items()}
                 ledger = await snapshot(store, grant)
                 assert isinstance(ledger, GrantSpend)
                 orphans = {pid: r for pid, r in reservations.items() if f"{server.public_url}/outgoing-payments/{pid}" not in payments}

@@ -31,6 +31,7 @@ from opay.domain.outgoing_payment import Abandoned, OutgoingPayment
 from opay.http import signatures
 from opay.http.outgoing_payments import keyed_payment_id
 from opay.actors.registry import codec
+from opay.persistence.keys import shard_of
 from opay.persistence import keys
 from tests.conftest import make_world
 from tests.support import OpayServer, session_members
@@ -229,7 +230,7 @@ CUT_OFF = """
 import json, sys, ray
 from opay.actors.messages import BindQuote, ReserveSpend, encode
 from opay.actors.registry import decode_result
-from opay.actors.routing import shard_of
+from opay.persistence.keys import shard_of
 from opay.domain.amounts import Asset
 from opay.domain.grant_spend import Limits
 ray.init(address=sys.argv[1], namespace="opay", logging_level="ERROR")
@@ -318,7 +319,7 @@ async def test_a_retry_after_its_create_was_cut_off_learns_what_became_of_it(pay
         await anyio.to_thread.run_sync(driver.ready)
 
         async def state(payment_id: str):
-            raw = await store.hget(keys.entity(f"op:{payment_id}"), "s")
+            raw = await store.hget(keys.entity(f"op:{payment_id}", shard_of(f"op:{payment_id}", 2)), "s")  # the server runs 2 shards
             return None if raw is None else codec.decode_state(raw)
 
         seeded = await state(seed.json()["id"].rsplit("/", 1)[1])
@@ -409,13 +410,13 @@ def test_the_payment_entity_answers_a_retry_with_the_payment_and_refuses_the_res
     command = msgspec.structs.replace(base, payment=payment, quote_expires_at_ms=expires)
     opened, _ = cluster.ask(command)
     assert isinstance(opened, State)
-    written = cluster.raw.hget(keys.entity(f"op:{quote_id}"), "v")
+    written = cluster.raw.hget(keys.entity(f"op:{quote_id}", 0), "v")
 
     # The same request again (later, and after expiresAt too): the payment, unchanged, nothing written.
     cluster.now = expires + 1
     again, tells = cluster.ask(msgspec.structs.replace(command, payment=msgspec.structs.replace(payment, created_at_ms=cluster.now)))
     assert again == opened and tells == []
-    assert cluster.raw.hget(keys.entity(f"op:{quote_id}"), "v") == written
+    assert cluster.raw.hget(keys.entity(f"op:{quote_id}", 0), "v") == written
     unreserved, _ = cluster.ask(msgspec.structs.replace(command, reserved=False))
     assert unreserved == opened
     # Another grant, or another body: not this request's payment.

@@ -15,10 +15,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from opay.actors import ids
+from opay.actors.entity import Step
+from opay.persistence.keys import shard_of
 from opay.ilp.oer import Reader
 from opay.ilp.packet import Fulfill, Prepare, decode_packet
 from opay.ilp.peers import InvalidPeer, Peer, PeerStore, RoutingTable, is_ilp_address, parse_peer, record_received, record_sent, route
 from opay.persistence import clients, keys
+from opay.persistence.clients import ShardClients
 from opay.persistence.snapshots import EntityWrite, SideEffect, SnapshotStore
 from tests.conftest import make_world
 from tests.ilp_support import PEER_TOKEN, Connection, ilp_env, received
@@ -150,44 +154,46 @@ def test_a_valid_peer_keeps_only_a_digest_of_its_incoming_token() -> None:
 
 def test_totals_move_exactly_in_the_entity_write_and_a_bad_total_refuses_the_whole_write(embedded) -> None:
     client = clients.blocking(embedded.url, 2)
-    store = SnapshotStore(client)
-    effects: list[SideEffect] = []
-    record_sent(effects, "bob", 2**64 - 1)
-    record_sent(effects, "bob", 2**64 - 1)  # past 2^64 (and past HINCRBY's 2^63 - 1): still exact
-    record_received(effects, "bob", 5)
-    record_sent(effects, "", 7)  # no peer: nothing counted
-    record_received(effects, "bob", 0)  # nothing to count
+    store = SnapshotStore(client)  # shard 0's entities
+    step = Step("op:sent", 0, None, {}, {}, shard=store.shard)
+    record_sent(step, "bob", 2**64 - 1)
+    record_sent(step, "bob", 2**64 - 1)  # past 2^64 (and past HINCRBY's 2^63 - 1): still exact
+    record_received(step, "bob", 5)
+    record_sent(step, "", 7)  # no peer: nothing counted
+    record_received(step, "bob", 0)  # nothing to count
+    effects = step.effects
     assert len(effects) == 3
     assert store.write_many([EntityWrite("op:sent", 0, b"s1", effects)]) == ["landed"]
-    assert client.hgetall(keys.peer_totals("bob")) == {b"sent": str(2 * (2**64 - 1)).encode(), b"received": b"5"}
+    assert client.hgetall(keys.peer_totals("bob", 0)) == {b"sent": str(2 * (2**64 - 1)).encode(), b"received": b"5"}
 
     # A write sent again after it landed (same write id) adds nothing.
-    write = EntityWrite("op:sent", 1, b"s2", [SideEffect("hincrby", keys.peer_totals("bob"), "sent", "1")])
+    write = EntityWrite("op:sent", 1, b"s2", [SideEffect("hincrby", keys.peer_totals("bob", 0), "sent", "1")])
     assert store.write_many([write]) == ["landed"]
     assert store.write_many([write]) == ["landed"]
-    assert client.hget(keys.peer_totals("bob"), "sent") == str(2 * (2**64 - 1) + 1).encode()
+    assert client.hget(keys.peer_totals("bob", 0), "sent") == str(2 * (2**64 - 1) + 1).encode()
 
     # A total that is not decimal digits (hand-edited) refuses the write before anything is written.
-    client.hset(keys.peer_totals("eve"), "sent", "12x")
+    client.hset(keys.peer_totals("eve", 0), "sent", "12x")
     bad = EntityWrite("op:bad", 0, b"never", [SideEffect("zadd", "opay:test-z", 1, "m"), *_sent("eve", 3)])
     assert store.write_many([bad]) == ["unknown"]
-    assert client.exists(keys.entity("op:bad"), "opay:test-z") == 0
-    assert client.hget(keys.peer_totals("eve"), "sent") == b"12x"
+    assert client.exists(keys.entity("op:bad", 0), "opay:test-z") == 0
+    assert client.hget(keys.peer_totals("eve", 0), "sent") == b"12x"
     # So does an amount that is not a uint64 in decimal.
     for amount in ("-1", "1.5", "1" * 21, ""):
-        assert store.write_many([EntityWrite("op:bad2", 0, b"never", [SideEffect("hincrby", keys.peer_totals("eve"), "received", amount)])]) == ["unknown"]
-    assert client.exists(keys.entity("op:bad2")) == 0
+        assert store.write_many([EntityWrite("op:bad2", 0, b"never", [SideEffect("hincrby", keys.peer_totals("eve", 0), "received", amount)])]) == ["unknown"]
+    assert client.exists(keys.entity("op:bad2", 0)) == 0
 
 
 def _sent(name: str, amount: int) -> list[SideEffect]:
-    effects: list[SideEffect] = []
-    record_sent(effects, name, amount)
-    return effects
+    step = Step("op:bad", 0, None, {}, {}, shard=0)
+    record_sent(step, name, amount)
+    return step.effects
 
 
 async def test_store_create_delete_and_cache_invalidation(embedded) -> None:
     client = clients.asynchronous(embedded.url, 2)
-    one, two = PeerStore(client), PeerStore(client)
+    shards = ShardClients(embedded.url, 2, 1)
+    one, two = PeerStore(client, shards), PeerStore(client, shards)
 
     listening = [asyncio.create_task(one.listen()), asyncio.create_task(two.listen())]
     try:
@@ -210,6 +216,7 @@ async def test_store_create_delete_and_cache_invalidation(embedded) -> None:
         for task in listening:
             task.cancel()
         await client.aclose()
+        await shards.aclose()
 
 
 # ---------------------------------------------------------------- the operator API on a real server
@@ -405,8 +412,10 @@ async def test_a_deleted_peer_s_token_is_refused_at_once_on_every_front_end(ray_
                     assert (await conn.post(conn.build(1).raw)).status_code == 401
             total = 0
             client = clients.blocking(embedded.url, 2)
+            credited = ids.INCOMING_PAYMENT(payment["id"].rsplit("/", 1)[1])
+            shard = shard_of(credited, 2)  # _front_end runs OPAY_SHARDS=2: the totals are the credited payment's shard's
             for round_ in range(5):
-                assert client.hget(keys.peer_totals(f"edge{round_}"), "received") == b"2"
+                assert client.hget(keys.peer_totals(f"edge{round_}", shard), "received") == b"2"
                 total += 2
             assert await received(world, payment, token) == (total, False)
     finally:

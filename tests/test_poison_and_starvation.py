@@ -46,6 +46,7 @@ async def lone_world(lone):
         yield await make_world(lone, http)
 
 
+# The lone server runs one shard: every entity's keys are shard 0's.
 def _raw(server: OpayServer) -> redis.Redis:
     return redis.Redis.from_url(server.redis_url)
 
@@ -67,7 +68,7 @@ async def test_a_poisoned_snapshot_is_quarantined_and_its_batch_mates_are_served
         healthy.append(created.json()["id"])
     poisoned_uuid = str(uuid.uuid4())
     poisoned = f"ip:{poisoned_uuid}"
-    raw.hset(keys.entity(poisoned), mapping={"v": 1, "s": b"\xc1 not a snapshot"})
+    raw.hset(keys.entity(poisoned, 0), mapping={"v": 1, "s": b"\xc1 not a snapshot"})
     raw.zadd(keys.due(0), {poisoned: 1})
     poisoned_url = f"{world.server.public_url}/incoming-payments/{poisoned_uuid}"
 
@@ -81,7 +82,7 @@ async def test_a_poisoned_snapshot_is_quarantined_and_its_batch_mates_are_served
     read = await world.client.request("GET", poisoned_url, token=token)
     assert read.status_code == 500 and read.json()["error"]["code"] == "quarantined", read.text
     await _eventually(lambda: raw.zscore(keys.due(0), poisoned) is None, "the poisoned entry left the due set")
-    assert raw.hget(keys.QUARANTINE, poisoned) is not None
+    assert raw.hget(keys.quarantine(0), poisoned) is not None
 
 
 async def test_stuck_timers_back_off_and_healthy_ones_fire(lone_world) -> None:
@@ -94,7 +95,7 @@ async def test_stuck_timers_back_off_and_healthy_ones_fire(lone_world) -> None:
     stuck = [f"grant:{uuid.uuid4()}" for _ in range(600)]
     pipe = raw.pipeline(transaction=False)
     for entity_id in stuck:
-        pipe.hset(keys.entity(entity_id), mapping={"v": 1, "s": codec.encode(wrong)})
+        pipe.hset(keys.entity(entity_id, 0), mapping={"v": 1, "s": codec.encode(wrong)})
     pipe.zadd(keys.due(0), {entity_id: 1 for entity_id in stuck})
     pipe.zadd(keys.due(0), {"zz:of-no-kind": 1})
     pipe.execute()
@@ -108,7 +109,7 @@ async def test_stuck_timers_back_off_and_healthy_ones_fire(lone_world) -> None:
         expiring.append(f"ip:{created.json()['id'].rsplit('/', 1)[1]}")
 
     def all_expired() -> bool:
-        return all(codec.decode_state(raw.hget(keys.entity(e), "s")).expired for e in expiring)
+        return all(codec.decode_state(raw.hget(keys.entity(e, 0), "s")).expired for e in expiring)
 
     await _eventually(all_expired, "healthy payments expired beside 600 stuck timers")
     assert raw.zscore(keys.due(0), "zz:of-no-kind") is None
@@ -116,7 +117,7 @@ async def test_stuck_timers_back_off_and_healthy_ones_fire(lone_world) -> None:
     later = [score for _, score in raw.zrange(keys.due(0), 0, -1, withscores=True) if score > now_ms]
     assert len(later) >= 500, "stuck entries were not leased into the future"
     assert max(int(raw.zscore(keys.due_tries(0), e) or 0) for e in stuck) >= 1
-    raw.delete(*[keys.entity(e) for e in stuck])  # leave the server clean for the next test
+    raw.delete(*[keys.entity(e, 0) for e in stuck])  # leave the server clean for the next test
     raw.zrem(keys.due(0), *stuck)
 
 

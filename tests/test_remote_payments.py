@@ -26,7 +26,7 @@ import pytest
 
 from opay.actors import ids
 from opay.actors.registry import codec
-from opay.actors.routing import shard_of
+from opay.persistence.keys import shard_of
 from opay.domain.amounts import Asset
 from opay.domain.outgoing_payment import OutgoingPayment, RemoteDelivery
 from opay.ilp import sender as stream
@@ -97,10 +97,11 @@ async def open_remote_payment(
         created_at_ms=int(time.time() * 1000), phase="sending",
         remote=RemoteDelivery(peer="b", stream=msgspec_encode(state)),
     )
-    client = clients.blocking(a.redis_url, 5.0)
+    shard = shard_of(entity_id, SHARDS)
+    client = clients.blocking(a.redis_url, 5.0, keys.shard_tag(shard))
     try:
-        due = SideEffect("zadd", keys.due(shard_of(entity_id, SHARDS)), int(time.time() * 1000), entity_id)
-        assert SnapshotStore(client).write_many([EntityWrite(entity_id, 0, codec.encode_state(payment), [due])]) == ["landed"]
+        due = SideEffect("zadd", keys.due(shard), int(time.time() * 1000), entity_id)
+        assert SnapshotStore(client, shard).write_many([EntityWrite(entity_id, 0, codec.encode_state(payment), [due])]) == ["landed"]
     finally:
         client.close()
     return entity_id
@@ -113,9 +114,10 @@ def msgspec_encode(state: stream.SenderState) -> bytes:
 
 
 def payment_at(a: OpayServer, entity_id: str) -> OutgoingPayment:
-    client = clients.blocking(a.redis_url, 5.0)
+    shard = shard_of(entity_id, SHARDS)
+    client = clients.blocking(a.redis_url, 5.0, keys.shard_tag(shard))
     try:
-        raw = client.hget(keys.entity(entity_id), "s")
+        raw = client.hget(keys.entity(entity_id, shard), "s")
     finally:
         client.close()
     assert raw is not None
@@ -345,10 +347,11 @@ def open_stream_payment(a: OpayServer, state: stream.SenderState, peer: str, amo
         receiver=f"{a.public_url}/incoming-payments/{uuid.uuid4()}", debit_asset=USD, receive_asset=USD, debit=amount, receive=amount, fee=0,
         created_at_ms=int(time.time() * 1000), phase="sending", remote=RemoteDelivery(peer=peer, stream=msgspec.msgpack.encode(state)),
     )
-    client = clients.blocking(a.redis_url, 5.0)
+    shard = shard_of(entity_id, SHARDS)
+    client = clients.blocking(a.redis_url, 5.0, keys.shard_tag(shard))
     try:
-        due = SideEffect("zadd", keys.due(shard_of(entity_id, SHARDS)), int(time.time() * 1000), entity_id)
-        assert SnapshotStore(client).write_many([EntityWrite(entity_id, 0, codec.encode_state(payment), [due])]) == ["landed"]
+        due = SideEffect("zadd", keys.due(shard), int(time.time() * 1000), entity_id)
+        assert SnapshotStore(client, shard).write_many([EntityWrite(entity_id, 0, codec.encode_state(payment), [due])]) == ["landed"]
     finally:
         client.close()
     return entity_id

@@ -24,7 +24,7 @@ from opay.actors import ids, registry
 from opay.domain import exchange, quote as rules
 from opay.domain.amounts import Asset
 from opay.domain.times import format_ms
-from opay.persistence import clients
+from opay.persistence.clients import ShardClients
 from opay.persistence.queries import Queries
 from tests.conftest import World, make_world
 from tests.support import A_TO_B, B_TO_A, OpayServer, peer_body, two_servers
@@ -63,11 +63,11 @@ async def quote_at_a(at_a: World, token: str, **body) -> httpx.Response:
 
 
 async def stored_quote(server: OpayServer, quote_url: str) -> rules.Quote:
-    redis = clients.asynchronous(server.redis_url, 5.0)
+    shards = ShardClients(server.redis_url, 5.0, 2)  # two_servers runs each with OPAY_SHARDS=2
     try:
-        found = await Queries(redis, registry.codec).entity(ids.QUOTE(quote_url.rsplit("/", 1)[1]))
+        found = await Queries(shards, registry.codec).entity(ids.QUOTE(quote_url.rsplit("/", 1)[1]))
     finally:
-        await redis.aclose()
+        await shards.aclose()
     assert isinstance(found, rules.Quote)
     return found
 

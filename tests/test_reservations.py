@@ -87,16 +87,16 @@ class Cluster:
         return tells
 
     def ledger(self, grant: str) -> GrantSpend:
-        state = codec.decode_state(self.raw.hget(keys.entity(grant), "s"))
+        state = codec.decode_state(self.raw.hget(keys.entity(grant, 0), "s"))
         assert isinstance(state, GrantSpend)
         return state
 
     def reservation(self, grant: str, payment_id: str) -> Reservation | None:
-        raw = self.raw.hget(keys.journal(grant), payment_id)
+        raw = self.raw.hget(keys.journal(grant, 0), payment_id)
         return None if raw is None else codec.decode(raw, Reservation)
 
     def op_state(self, payment_id: str):
-        raw = self.raw.hget(keys.entity(f"op:{payment_id}"), "s")
+        raw = self.raw.hget(keys.entity(f"op:{payment_id}", 0), "s")
         return None if raw is None else codec.decode_state(raw)
 
     def due_at(self, entity_id: str) -> float | None:
@@ -169,7 +169,7 @@ def test_a_reservation_without_a_payment_is_given_back_and_its_id_closed(cluster
     assert answer == Checked(orphan, False)
     assert cluster.op_state(orphan) == Abandoned(id=orphan, grant_id=grant_id, abandoned_at_ms=cluster.now)
     assert cluster.ask(check.command)[0] == Checked(orphan, False), "asking twice answers the same"
-    assert cluster.raw.zcard(keys.index("op", "http://127.0.0.1/alice")) == 1, "a tombstone is not listed"
+    assert cluster.raw.zcard(keys.index("op", 0, "http://127.0.0.1/alice")) == 1, "a tombstone is not listed"
 
     # The answer reaches the grant: the share goes back, once, and nothing is due any more.
     answered = Answered(grant, tag_of(check.command), answer)

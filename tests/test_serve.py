@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import redis
 
+from opay.persistence import keys
 from opay.persistence.embedded_redis import EmbeddedRedis
 from tests.support import OpayServer, free_port, session_members
 
@@ -67,7 +68,7 @@ def test_existing_redis_is_used_instead_of_an_embedded_one(tmp_path: Path) -> No
         )
         assert created.status_code == 201
         with redis.Redis.from_url(external.url) as client:
-            assert client.exists("opay:wa:carol")
+            assert client.exists(keys.wallet_address("carol"))
         assert not (tmp_path / "opay" / "redis").exists(), "no embedded Redis when OPAY_REDIS_URL is set"
     finally:
         server.stop()

@@ -22,18 +22,24 @@ from typing import Awaitable, Callable
 import anyio
 import msgspec
 import pytest
+import redis
 import redis.asyncio as aioredis
 
+from opay.actors.ids import INCOMING_PAYMENT
+from opay.persistence.keys import shard_of
 from opay.domain.amounts import Asset
 from opay.domain.outgoing_payment import OutgoingPayment
 from opay.outbox import delivery as deliverer, render as rendering, signing, store as outbox_store
 from opay.outbox.events import Event
 from opay.persistence import codec, keys
+from opay.settings import Settings
 from tests.support import OpayServer
 
 pytestmark = pytest.mark.anyio
 
 SECRET = "test-webhook-secret"
+SHARDS = 2  # the server's: an event is in the outbox of its entity's shard, one of these
+OUTBOXES = [keys.Outbox(n) for n in range(SHARDS)]
 MAX_ATTEMPTS = 3
 TIMEOUT_SECONDS = 1.0
 BACKOFF_BASE = 0.3
@@ -139,6 +145,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, receiver_and_httpd):
     process = OpayServer(
         Path(tmp_path_factory.mktemp("opay-webhooks")),
         extra_env={
+            "OPAY_SHARDS": str(SHARDS),
             "OPAY_WEBHOOK_URL": receiver.url,
             "OPAY_WEBHOOK_SECRET": SECRET,
             "OPAY_WEBHOOK_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
@@ -184,11 +191,25 @@ async def eventually(condition: Callable[[], Awaitable[bool]], timeout: float = 
 
 
 async def forgotten(store: aioredis.Redis, event_id: str) -> bool:
-    """Gone from the outbox entirely, as a 2xx leaves it."""
+    """Gone from every shard's outbox entirely, as a 2xx leaves it."""
     async with store.pipeline(transaction=False) as pipe:
-        pipe.hexists(keys.WEBHOOK_EVENTS, event_id).zscore(keys.WEBHOOK_DUE, event_id)
-        pipe.hexists(keys.WEBHOOK_ATTEMPTS, event_id).zscore(keys.WEBHOOK_DEAD, event_id)
-        return await pipe.execute() == [False, None, False, None]
+        for outbox in OUTBOXES:
+            pipe.hexists(outbox.events, event_id).zscore(outbox.due, event_id)
+            pipe.hexists(outbox.attempts, event_id).zscore(outbox.dead, event_id)
+            pipe.hexists(outbox.errors, event_id)
+        return await pipe.execute() == [False, None, False, None, False] * SHARDS
+
+
+async def outbox_of(store: aioredis.Redis, event_id: str) -> keys.Outbox:
+    """The one shard's outbox holding the event (its body is in no other)."""
+    holding = [outbox for outbox in OUTBOXES if await store.hexists(outbox.events, event_id)]
+    assert len(holding) == 1, f"{event_id} is in the outboxes of shards {[outbox.shard for outbox in holding]}"
+    return holding[0]
+
+
+def shard_of_payment(payment_url: str) -> int:
+    """The shard hosting an incoming payment: the one whose outbox its events go to."""
+    return shard_of(INCOMING_PAYMENT(payment_url.rsplit("/", 1)[1]), SHARDS)
 
 
 def without_methods(view: dict) -> dict:
@@ -245,7 +266,8 @@ async def test_a_failing_then_slow_receiver_gets_the_event_after_retries(world, 
     assert attempts[2].at - attempts[1].at >= TIMEOUT_SECONDS + 2 * BACKOFF_BASE * 0.9
     event_id = attempts[0].event["id"]
     await eventually(lambda: forgotten(store, event_id))
-    assert await store.zscore(keys.WEBHOOK_DEAD, event_id) is None
+    for outbox in OUTBOXES:
+        assert await store.zscore(outbox.dead, event_id) is None
 
 
 async def test_a_dead_receiver_never_blocks_payments_or_other_events(world, server, receiver, store) -> None:
@@ -253,13 +275,13 @@ async def test_a_dead_receiver_never_blocks_payments_or_other_events(world, serv
     receiver.policies[world.receiver["id"]] = lambda attempt: (TIMEOUT_SECONDS + 0.5, 200)
     token = await world.token()
     started = time.monotonic()
-    ids = []
+    payment_ids = []
     for _ in range(20):
         began = time.monotonic()
         created = await world.create_payment(token, incomingAmount={"value": "5", **USD})
         assert created.status_code == 201
         assert time.monotonic() - began < 1.0
-        ids.append(created.json()["id"])
+        payment_ids.append(created.json()["id"])
     assert time.monotonic() - started < 8.0
 
     # Meanwhile a healthy wallet's events still flow.
@@ -278,22 +300,31 @@ async def test_a_dead_receiver_never_blocks_payments_or_other_events(world, serv
     event_ids = set()
 
     def all_dead_attempts_made() -> bool:
-        return all(len(receiver.of(payment_id)) == MAX_ATTEMPTS for payment_id in ids)
+        return all(len(receiver.of(payment_id)) == MAX_ATTEMPTS for payment_id in payment_ids)
 
     await receiver.wait_for(all_dead_attempts_made, timeout=20.0)
-    for payment_id in ids:
-        event_ids |= {d.event["id"] for d in receiver.of(payment_id)}
-    assert len(event_ids) == len(ids)
+    shard_of_event = {}
+    for payment_id in payment_ids:
+        [event_id] = {d.event["id"] for d in receiver.of(payment_id)}
+        event_ids.add(event_id)
+        shard_of_event[event_id] = shard_of_payment(payment_id)
+    assert len(event_ids) == len(payment_ids)
+    assert set(shard_of_event.values()) == set(range(SHARDS))  # 20 payments: every shard's outbox delivered from
 
     async def buried() -> bool:
-        return all([await store.zscore(keys.WEBHOOK_DEAD, event_id) is not None for event_id in event_ids])
+        return all([await store.zscore(OUTBOXES[shard_of_event[event_id]].dead, event_id) is not None for event_id in event_ids])
 
     await eventually(buried)
     for event_id in event_ids:
-        assert await store.zscore(keys.WEBHOOK_DUE, event_id) is None
-        assert int(await store.hget(keys.WEBHOOK_ATTEMPTS, event_id)) == MAX_ATTEMPTS
-        assert b"no answer within" in await store.hget(keys.WEBHOOK_ERRORS, event_id)
-        kept = codec.decode(await store.hget(keys.WEBHOOK_EVENTS, event_id), Event)  # the body stays for operators
+        outbox = await outbox_of(store, event_id)
+        assert outbox.shard == shard_of_event[event_id]
+        for elsewhere in OUTBOXES:
+            assert await store.zscore(elsewhere.due, event_id) is None
+            if elsewhere is not outbox:
+                assert await store.zscore(elsewhere.dead, event_id) is None
+        assert int(await store.hget(outbox.attempts, event_id)) == MAX_ATTEMPTS
+        assert b"no answer within" in await store.hget(outbox.errors, event_id)
+        kept = codec.decode(await store.hget(outbox.events, event_id), Event)  # the body stays for operators
         assert kept.type == "incoming_payment.created"
     await anyio.sleep(3 * BACKOFF_BASE)
     assert all_dead_attempts_made()  # and is never tried again
@@ -317,15 +348,15 @@ async def test_expired_arrives_after_a_short_expires_at(world, receiver) -> None
 
 async def test_claims_are_exclusive_and_bounded(server, store) -> None:
     """Two deliverers (two front ends) claiming at once never get the same attempt."""
-    prefix = f"opay:test-webhooks:{uuid.uuid4().hex}"
-    names = {name: f"{prefix}:{name}" for name in ("events", "due", "dead", "attempts", "errors")}
+    # A shard's outbox of its own: a shard number the server has not, so its deliverer never claims from it.
+    names = keys.Outbox(SHARDS + 1 + uuid.uuid4().int % 1_000_000)
     other_client = aioredis.Redis.from_url(server.redis_url)  # another front end's connection
     try:
-        first, second = outbox_store.Outbox(store, **names), outbox_store.Outbox(other_client, **names)
+        first, second = outbox_store.Outbox(store, names), outbox_store.Outbox(other_client, names)
         now = int(time.time() * 1000)
         ids = [f"e{n}" for n in range(300)]
-        await store.hset(names["events"], mapping={event_id: b"body-" + event_id.encode() for event_id in ids})
-        await store.zadd(names["due"], {event_id: now - 1 for event_id in ids})
+        await store.hset(names.events, mapping={event_id: b"body-" + event_id.encode() for event_id in ids})
+        await store.zadd(names.due, {event_id: now - 1 for event_id in ids})
         got: list[str] = []
 
         async def drain(outbox: outbox_store.Outbox) -> None:
@@ -343,23 +374,118 @@ async def test_claims_are_exclusive_and_bounded(server, store) -> None:
 
         # A claim whose deliverer died comes back after its lease, attempt counted; a stale
         # settlement from the dead deliverer is ignored; after the last attempt it is buried.
-        await store.zrem(names["due"], *ids[1:])
+        await store.zrem(names.due, *ids[1:])
         [claimed] = await first.claim(now + 60_000, 1, now + 60_001, 3)
         assert claimed.attempt == 2
         [again] = await second.claim(now + 60_001, 1, now + 60_002, 3)
         assert again.id == claimed.id and again.attempt == 3
         assert await first.failed(claimed, "late", now, now) is False
         assert await second.claim(now + 60_002, 1, now + 60_003, 3) == []  # attempt 4 > 3: buried, not sent
-        assert await store.zscore(names["dead"], claimed.id) is not None
-        assert await store.zscore(names["due"], claimed.id) is None
+        assert await store.zscore(names.dead, claimed.id) is not None
+        assert await store.zscore(names.due, claimed.id) is None
 
         # A settled success forgets the event everywhere.
         await first.delivered(claimed.id)
-        assert await store.zscore(names["dead"], claimed.id) is None
-        assert not await store.hexists(names["events"], claimed.id)
+        assert await store.zscore(names.dead, claimed.id) is None
+        assert not await store.hexists(names.events, claimed.id)
     finally:
-        await store.delete(*names.values())
+        await store.delete(*names.all())
         await other_client.aclose()
+
+
+class FakeOutbox:
+    """A shard's outbox in memory, for the deliverer alone: hands out its events in order;
+    `stalled`: its Redis never answers; `failing`: it refuses every claim."""
+
+    claiming = 0  # events asked for by claims on their way, over every FakeOutbox
+    most_claiming = 0
+
+    def __init__(self, shard: int, events: int = 0, *, stalled: bool = False, failing: bool = False) -> None:
+        self.shard = shard
+        self.queue = [f"s{shard}-e{n}" for n in range(events)]
+        self.queue_ids = list(self.queue)
+        self.stalled, self.failing = stalled, failing
+        self.asked: list[int] = []  # each claim's limit
+        self.settled: list[str] = []
+
+    async def claim(self, now: int, limit: int, lease_until: int, max_attempts: int) -> list[outbox_store.Claimed]:
+        assert limit > 0 and lease_until > now
+        self.asked.append(limit)
+        FakeOutbox.claiming += limit
+        FakeOutbox.most_claiming = max(FakeOutbox.most_claiming, FakeOutbox.claiming)
+        try:
+            if self.stalled:
+                await anyio.sleep_forever()
+            if self.failing:
+                raise redis.ConnectionError("refused")
+            await anyio.sleep(0.001)
+            taken, self.queue = self.queue[:limit], self.queue[limit:]
+            return [outbox_store.Claimed(event_id, 1, b"") for event_id in taken]
+        finally:
+            FakeOutbox.claiming -= limit
+
+
+class RecordingDeliverer(deliverer.Deliverer):
+    """Delivers nothing: records which shard's event starts when, and how many run at once."""
+
+    def __init__(self, outboxes: list[FakeOutbox], settings: Settings) -> None:
+        super().__init__(outboxes, None, settings)  # type: ignore[arg-type]
+        self.started: list[str] = []
+        self.running = self.most_running = 0
+
+    async def deliver(self, outbox, claimed: outbox_store.Claimed) -> None:  # type: ignore[override]
+        assert claimed.id.startswith(f"s{outbox.shard}-")  # settled in the outbox it came from
+        self.started.append(claimed.id)
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            await anyio.sleep(0.005)
+        finally:
+            self.running -= 1
+        outbox.settled.append(claimed.id)
+
+
+async def test_one_deliverer_serves_every_shard_fairly_within_shared_limits() -> None:
+    """Concurrency and batch limits hold over all shards together; busy shards share the
+    slots; a shard whose Redis hangs or refuses holds up no other."""
+    settings = Settings(webhook_url="http://127.0.0.1:9/hooks", webhook_concurrency=4, webhook_batch_max=3, webhook_poll_interval_seconds=0.05)
+    busy = [FakeOutbox(0, 60), FakeOutbox(1, 60)]
+    stalled, failing, idle = FakeOutbox(2, 5, stalled=True), FakeOutbox(3, 5, failing=True), FakeOutbox(4)
+    FakeOutbox.claiming = FakeOutbox.most_claiming = 0
+    delivery = RecordingDeliverer([*busy, stalled, failing, idle], settings)
+    began = time.monotonic()
+    async with anyio.create_task_group() as group:
+        group.start_soon(delivery.run)
+        with anyio.fail_after(10):
+            while sum(len(outbox.settled) for outbox in busy) < 120:
+                await anyio.sleep(0.01)
+        elapsed = time.monotonic() - began
+        await anyio.sleep(0.2)  # more polls: the stalled and failing shards still give nothing
+        group.cancel_scope.cancel()
+
+    assert [sorted(outbox.settled) for outbox in busy] == [sorted(outbox.queue_ids) for outbox in busy]
+    assert delivery.most_running <= settings.webhook_concurrency and delivery.most_running >= 2
+    assert FakeOutbox.most_claiming <= settings.webhook_batch_max
+    # Fair: while both busy shards have events, neither gets ahead by more than a few slots.
+    drained = min(max(delivery.started.index(event_id) for event_id in outbox.queue_ids) for outbox in busy)
+    ahead = [sum(1 for event_id in delivery.started[: n + 1] if event_id.startswith("s0-")) * 2 - (n + 1) for n in range(drained)]
+    assert max(abs(lead) for lead in ahead) <= settings.webhook_concurrency + settings.webhook_batch_max, ahead
+    assert stalled.settled == [] and failing.settled == [] and len(stalled.asked) == 1
+    # A refusing shard is asked for one event at a time, once a poll interval.
+    assert failing.asked[1:] and set(failing.asked[1:]) == {1}
+    assert len(failing.asked) <= (elapsed + 0.2) / settings.webhook_poll_interval_seconds + 2
+    assert len(idle.asked) >= 2  # an empty shard is still looked at every interval
+    assert delivery.running == 0  # shut down: nothing left running
+
+
+async def test_a_deliverer_fault_other_than_redis_is_raised() -> None:
+    class Broken(FakeOutbox):
+        async def claim(self, *args) -> list[outbox_store.Claimed]:
+            raise ValueError("a bug")
+
+    settings = Settings(webhook_url="http://127.0.0.1:9/hooks", webhook_poll_interval_seconds=0.05)
+    with anyio.fail_after(5), pytest.raises(ValueError, match="a bug"):
+        await RecordingDeliverer([FakeOutbox(0, 3), Broken(1)], settings).run()
 
 
 def test_signature_helpers_and_backoff() -> None:

@@ -177,6 +177,7 @@ class ShardDirectory:
                 self._redis_url,
                 settings.shard_max_active_entities,
                 settings.redis_timeout_seconds,
+                settings.redis_wait_replicas,
                 bool(settings.webhook_url),
                 settings.log_level,
                 settings.log_format,

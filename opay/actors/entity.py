@@ -141,7 +141,7 @@ class Step:
         fetch: Callable[[str], bytes | None] | None = None,
     ) -> None:
         self.entity_id = entity_id
-        self._shard = shard
+        self.shard = shard  # the shard hosting it: every key its effects touch carries its tag
         self._emit_events = emit_events
         self.now_ms = now_ms
         self.state = state
@@ -168,7 +168,7 @@ class Step:
         if len(outcome) > JOURNAL_ENTRY_MAX_BYTES:
             raise Oversized(f"journal entry {key!r} of {self.entity_id} is {len(outcome)} bytes")
         self._pending[key] = outcome
-        self.effects.append(SideEffect("hset", keys.journal(self.entity_id), key, outcome))
+        self.effects.append(SideEffect("hset", keys.journal(self.entity_id, self.shard), key, outcome))
 
     def tell(self, command: Command, *, answer_me: bool = True) -> None:
         """Ask another entity, once this step is committed; the answer comes back as Answered."""
@@ -178,14 +178,14 @@ class Step:
         """Wake this entity at `at_ms` (timers survive restarts: the due set is in Redis).
         Setting its own due time ends the timers' backoff for it."""
         self.effects += [
-            SideEffect("zadd", keys.due(self._shard), at_ms, self.entity_id),
-            SideEffect("zrem", keys.due_tries(self._shard), b=self.entity_id),
+            SideEffect("zadd", keys.due(self.shard), at_ms, self.entity_id),
+            SideEffect("zrem", keys.due_tries(self.shard), b=self.entity_id),
         ]
 
     def not_due(self) -> None:
         self.effects += [
-            SideEffect("zrem", keys.due(self._shard), b=self.entity_id),
-            SideEffect("zrem", keys.due_tries(self._shard), b=self.entity_id),
+            SideEffect("zrem", keys.due(self.shard), b=self.entity_id),
+            SideEffect("zrem", keys.due_tries(self.shard), b=self.entity_id),
         ]
 
     def emit(self, event_type: str, state: msgspec.Struct) -> None:
@@ -193,9 +193,10 @@ class Step:
         if not self._emit_events:
             return
         event = Event(str(uuid.uuid4()), event_type, self.now_ms, state)
+        outbox = keys.Outbox(self.shard)
         self.effects += [
-            SideEffect("hset", keys.WEBHOOK_EVENTS, event.id, codec.encode(event)),
-            SideEffect("zadd", keys.WEBHOOK_DUE, self.now_ms, event.id),
+            SideEffect("hset", outbox.events, event.id, codec.encode(event)),
+            SideEffect("zadd", outbox.due, self.now_ms, event.id),
         ]
 
 
@@ -234,17 +235,16 @@ class EntityHost:
         handlers: dict[type, Handler],
         max_active: int,
         emit_events: bool = False,
-        shard: int = 0,
         journal_keys: dict[type, JournalKeys] | None = None,
         codec: SnapshotCodec | None = None,
         on_commit: Callable[[object | None, object], None] | None = None,
     ) -> None:
-        assert max_active > 0 and shard >= 0
+        assert max_active > 0
         if codec is None:
             # The registry's, of every kind. Imported here: the kinds' modules import this one.
             from opay.actors.registry import codec
         self._codec = codec
-        self._shard = shard
+        self._shard = store.shard
         self._journal_keys = journal_keys or {}
         self.journal_reads = 0  # journal entries read on demand (no command named them), since start
         self.quarantined = 0  # snapshots that could not be decoded, since start

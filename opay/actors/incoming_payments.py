@@ -34,12 +34,12 @@ def open_payment(command: OpenIncomingPayment, state: rules.IncomingPayment | No
         return
     payment = command.payment
     step.state = payment
-    step.effects.append(SideEffect("zadd", keys.index(ids.INCOMING_PAYMENT.prefix, payment.wallet_address), payment.created_at_ms, command.entity_id))
+    step.effects.append(SideEffect("zadd", keys.index(ids.INCOMING_PAYMENT.prefix, step.shard, payment.wallet_address), payment.created_at_ms, command.entity_id))
     step.due(payment.expires_at_ms)
     step.emit("incoming_payment.created", payment)
     if payment.client is not None:
         step.effects.append(
-            SideEffect("zadd", keys.index(ids.INCOMING_PAYMENT.prefix, payment.wallet_address, payment.client), payment.created_at_ms, command.entity_id)
+            SideEffect("zadd", keys.index(ids.INCOMING_PAYMENT.prefix, step.shard, payment.wallet_address, payment.client), payment.created_at_ms, command.entity_id)
         )
     step.reply = State(payment)
 
@@ -123,7 +123,7 @@ def _credit_packet(command: CreditIncomingPayment, state: rules.IncomingPayment,
     outcome = _apply(command, state, step)
     if outcome is not None and outcome.accepted:
         step.record(key, codec.encode(added))
-        peers.record_received(step.effects, command.peer, outcome.amount)
+        peers.record_received(step, command.peer, outcome.amount)
 
 
 def credit_journal_keys(command: CreditIncomingPayment) -> tuple[str, ...]:

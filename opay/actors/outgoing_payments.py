@@ -205,7 +205,7 @@ def _link_answer(state_payment: rules.OutgoingPayment, answer: LinkReplies, step
             continue
         if isinstance(reply, (Fulfill, Reject)):
             state = stream.on_reply(state, prepare, reply, step.now_ms)
-    record_sent(step.effects, answer.peer, state.sent - sent_before)
+    record_sent(step, answer.peer, state.sent - sent_before)
     if answer.refreshed:
         room = answer.remaining
         if state.mode == stream.FIXED_DELIVERY and remote.unsure_dest:
@@ -238,10 +238,10 @@ def open_payment(command: OpenOutgoingPayment, state: rules.OutgoingPayment | ru
         step.reply = not_found("outgoing payment")
         return
     payment = command.payment
-    step.effects.append(SideEffect("zadd", keys.index(ids.OUTGOING_PAYMENT.prefix, payment.wallet_address), payment.created_at_ms, command.entity_id))
+    step.effects.append(SideEffect("zadd", keys.index(ids.OUTGOING_PAYMENT.prefix, step.shard, payment.wallet_address), payment.created_at_ms, command.entity_id))
     if payment.client is not None:
         step.effects.append(
-            SideEffect("zadd", keys.index(ids.OUTGOING_PAYMENT.prefix, payment.wallet_address, payment.client), payment.created_at_ms, command.entity_id)
+            SideEffect("zadd", keys.index(ids.OUTGOING_PAYMENT.prefix, step.shard, payment.wallet_address, payment.client), payment.created_at_ms, command.entity_id)
         )
     step.emit("outgoing_payment.created", payment)
     if command.fund_at_once:

@@ -18,7 +18,7 @@ def open_quote(command: OpenQuote, state: rules.Quote | None, step: Step) -> Non
         return
     step.state = command.quote
     # Listed per wallet address for the operator (quotes have no client list route).
-    step.effects.append(SideEffect("zadd", keys.index(ids.QUOTE.prefix, command.quote.wallet_address), command.quote.created_at_ms, command.entity_id))
+    step.effects.append(SideEffect("zadd", keys.index(ids.QUOTE.prefix, step.shard, command.quote.wallet_address), command.quote.created_at_ms, command.entity_id))
     step.reply = State(command.quote)
 
 

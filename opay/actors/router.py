@@ -21,7 +21,7 @@ import msgspec
 
 from opay.actors.messages import CONFLICT_RETRY, UNAVAILABLE, Answered, Command, Failed, Reply, SendPackets, Tell, encode, tag_of
 from opay.actors.registry import decode_result
-from opay.actors.routing import shard_of
+from opay.persistence.keys import shard_of
 from opay.observability import metrics
 
 log = logging.getLogger("opay.router")

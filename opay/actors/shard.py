@@ -12,7 +12,7 @@ from opay.actors.messages import Command, CreditIncomingPayment, Credited, Faile
 from opay.domain.outgoing_payment import OutgoingPayment
 from opay.observability import logs
 from opay.observability.tally import ShardTally
-from opay.persistence import clients
+from opay.persistence import clients, keys
 from opay.persistence.snapshots import SnapshotStore
 
 
@@ -21,21 +21,29 @@ class Shard:
     per-entity serial order the rules rely on, at half the CPU cost of an async actor."""
 
     def __init__(
-        self, index: int, redis_url: str, max_active: int, redis_timeout_seconds: float, emit_events: bool, log_level: str, log_format: str
+        self,
+        index: int,
+        redis_url: str,
+        max_active: int,
+        redis_timeout_seconds: float,
+        redis_wait_replicas: int,
+        emit_events: bool,
+        log_level: str,
+        log_format: str,
     ) -> None:
         # The front end's log settings: the same lines, from Ray's worker process (its
         # stderr: Ray's worker-*.err files, and the stderr of the front end that started it).
         logs.configure(log_level, log_format, static={"shard": index})
         self.index = index
         self._redis_url = redis_url
-        client = clients.blocking(redis_url, redis_timeout_seconds)
+        client = clients.blocking(redis_url, redis_timeout_seconds, keys.shard_tag(index))
+        replicas = redis_wait_replicas if clients.is_cluster(redis_url, redis_timeout_seconds) else 0
         self._tally = ShardTally()
         self._host = EntityHost(
-            SnapshotStore(client, self._tally.write_seconds),
+            SnapshotStore(client, index, self._tally.write_seconds, wait_replicas=replicas, wait_ms=int(redis_timeout_seconds * 500)),
             registry.HANDLERS,
             max_active,
             emit_events,
-            shard=index,
             journal_keys=registry.JOURNAL_KEYS,
             codec=registry.codec,
             on_commit=lambda before, after: count_settlement(self._tally, before, after),

@@ -18,7 +18,6 @@ import asyncio
 import logging
 
 import redis
-import redis.asyncio as aioredis
 
 from opay.actors.ids import prefix_of
 from opay.actors.messages import Failed
@@ -27,6 +26,7 @@ from opay.actors.router import ShardRouter
 from opay.clock import now_ms
 from opay.observability import metrics
 from opay.persistence import keys
+from opay.persistence.clients import ShardClients
 
 log = logging.getLogger("opay.timers")
 
@@ -55,12 +55,12 @@ return out
 
 
 class Timers:
-    def __init__(self, client: aioredis.Redis, router: ShardRouter, batch_max: int) -> None:
-        assert batch_max > 0
-        self._client = client
+    def __init__(self, shards: ShardClients, router: ShardRouter, batch_max: int) -> None:
+        assert batch_max > 0 and shards.count == router.shard_count
+        self._shards = shards
         self._router = router
         self._batch_max = batch_max
-        self._claim = client.register_script(_CLAIM)
+        self._claim = shards.of(0).register_script(_CLAIM)  # called with each shard's client
 
     @property
     def _per_shard(self) -> int:
@@ -70,7 +70,8 @@ class Timers:
         """One pass over shard n's due entries: (entries fired, entries that progressed)."""
         due_key, tries_key = keys.due(n), keys.due_tries(n)
         now = now_ms()
-        flat = await self._claim(keys=[due_key, tries_key], args=[now, self._per_shard, LEASE_BASE_MS, LEASE_MAX_MS])
+        client = self._shards.of(n)
+        flat = await self._claim(keys=[due_key, tries_key], args=[now, self._per_shard, LEASE_BASE_MS, LEASE_MAX_MS], client=client)
         claimed = [m.decode() for m in flat[::3]]
         if not claimed:
             return 0, 0
@@ -84,7 +85,7 @@ class Timers:
         replies = await asyncio.gather(*(self._router.ask(commands[e](e)) for e in firing))  # type: ignore[misc]
         gone = unknown + [e for e, reply in zip(firing, replies) if isinstance(reply, Failed) and reply.code in _GONE]
         if gone:
-            pipe = self._client.pipeline(transaction=True)
+            pipe = client.pipeline(transaction=True)
             pipe.zrem(due_key, *gone)
             pipe.zrem(tries_key, *gone)
             await pipe.execute()

@@ -43,7 +43,7 @@ from opay.auth.grant_states import (
     new_secret,
 )
 from opay.persistence import keys
-from opay.persistence.positions import Collected, Position, Positions
+from opay.persistence.positions import Collected, Position, Positions, collect
 
 T = TypeVar("T")
 # Optimistic transactions retried past this many concurrent changes are refused (503).
@@ -277,7 +277,7 @@ class GrantStore:
             found = [None if raw is None else _grant_decoder.decode(raw) for raw in raws]
             return [grant if grant is not None and state in (None, grant.state) else None for grant in found]
 
-        return await self._positions.collect(index, cursor, direction, count, load)
+        return await collect(self._positions.pager(index), cursor, direction, count, load)
 
     async def _optimistic(self, watched: list[str], attempt: Callable[[aioredis.client.Pipeline], Awaitable[T]]) -> T:
         """Read, decide and write `watched` keys atomically (WATCH/MULTI/EXEC), again if a

@@ -7,7 +7,8 @@ templates, amounts are totals per asset.
 
 A scrape reads what lives outside this process at the moment it is asked: every shard's
 tallies (all at once, each within SOURCE_DEADLINE_SECONDS; one that does not answer shows
-`opay_shard_up 0` and no other series) and the webhook queue in Redis (one round trip).
+`opay_shard_up 0` and no other series) and the webhook queue in Redis (one round trip to
+each shard's outbox, all at once; no depth at all unless every shard answers).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ async def scrape(request: Request) -> Response:
 
 async def _webhook_depth(s: Services) -> tuple[int, int] | None:
     try:
-        return await asyncio.wait_for(s.queries.webhook_depth(), SOURCE_DEADLINE_SECONDS)
+        return await asyncio.wait_for(s.webhook_events.depth(), SOURCE_DEADLINE_SECONDS)
     except (redis.RedisError, asyncio.TimeoutError):
         return None
 

@@ -128,7 +128,7 @@ async def _list(request: Request, resource: Resource) -> Response:
         keep = lambda item: isinstance(item, resource.state_type) and resource.state_of(item, now) == wanted  # noqa: E731
     page = await page_response(
         s.queries,
-        keys.index(resource.ids.prefix, query.wallet_address),
+        lambda shard: keys.index(resource.ids.prefix, shard, query.wallet_address),
         query,
         resource.ids.prefix,
         lambda item: resource.view(s, item, now, False),

@@ -63,13 +63,13 @@ def parse_page_query(request: Request, default_count: int) -> PageQuery:
 
 async def page_response(
     queries: Queries,
-    index: str,
+    index: Callable[[int], str],
     query: PageQuery,
     kind: str,
     view: Callable[[object], object],
     keep: Callable[[object], bool] | None = None,
 ) -> Page:
-    """One page of an index as the spec shapes it; `keep`: only the items it keeps (the
+    """One page of a list (`index(n)`: its part on shard n) as the spec shapes it; `keep`: only the items it keeps (the
     operator's state filter, see Queries.page for what the page then promises)."""
     try:
         page = await queries.page(index, None if query.cursor is None else f"{kind}:{query.cursor}", query.direction, query.count, keep)
@@ -95,5 +95,5 @@ async def list_resources(request: Request, resource_type: str, kind: str, view: 
     caller = await authenticated(request, s, b"")
     query = parse_page_query(request, s.settings.list_page_default)
     principal = caller.require(resource_type, "list", query.wallet_address)
-    index = keys.index(kind, query.wallet_address, principal.scope_client)
-    return await page_response(s.queries, index, query, kind, lambda item: view(item, s.settings.public_url))
+    client = principal.scope_client
+    return await page_response(s.queries, lambda shard: keys.index(kind, shard, query.wallet_address, client), query, kind, lambda item: view(item, s.settings.public_url))

@@ -13,11 +13,11 @@ what makes the lookup by token one dictionary probe: no comparison of secrets th
 could leak through timing). The outgoing token must be presented as it is, so it is
 stored as given; it is never shown again (GET /peers omits both tokens).
 
-Keys (opay/persistence/keys.py): one hash per peer `opay:peer:<name>`, the name index
-`opay:peers` (a set), `opay:peer-tokens` (incoming-token digest -> name), and the
-totals `opay:peer-totals:<name>` (fields `sent`, `received`: exact decimal strings,
-moved only by entity writes, atomically with the credit or the delivery they count;
-see `record_received`, `record_sent`). A peer's totals belong to its name: deleting the
+Keys (opay/persistence/keys.py): one hash per peer `opay:{o}:peer:<name>`, the name index
+`opay:{o}:peers` (a set), `opay:{o}:peer-tokens` (incoming-token digest -> name), and the
+totals, one hash per shard `opay:peer-totals:{s<n>}:<name>` (fields `sent`, `received`:
+exact decimal strings, moved only by the shard's entity writes, atomically with the
+credit or the delivery they count; see `record_received`, `record_sent`), summed on read. A peer's totals belong to its name: deleting the
 peer keeps them (they are what was exchanged and must be settled); a peer created again
 under that name continues them.
 
@@ -38,13 +38,17 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import redis.asyncio as aioredis
 
 from opay.persistence import keys
+from opay.persistence.clients import ShardClients
 from opay.persistence.snapshots import SideEffect
+
+if TYPE_CHECKING:
+    from opay.actors.entity import Step
 
 log = logging.getLogger("opay.peers")
 
@@ -209,20 +213,20 @@ class RoutingTable:
 # ---------------------------------------------------------------- totals (entity side effects)
 
 
-def record_received(effects: list[SideEffect], peer_name: str, amount: int) -> None:
+def record_received(step: Step, peer_name: str, amount: int) -> None:
     """Count `amount` as received from the peer, in the same compare-and-set write as the
     credit it counts (append to the crediting step's effects): a refused or deduplicated
     credit adds nothing, because it writes nothing."""
     if peer_name and amount > 0:
-        effects.append(SideEffect("hincrby", keys.peer_totals(peer_name), "received", str(amount)))
+        step.effects.append(SideEffect("hincrby", keys.peer_totals(peer_name, step.shard), "received", str(amount)))
 
 
-def record_sent(effects: list[SideEffect], peer_name: str, amount: int) -> None:
+def record_sent(step: Step, peer_name: str, amount: int) -> None:
     """Count `amount` as sent to the peer (delivered: a Fulfill with the right fulfillment),
     in the same write as the outgoing payment's state that counts the delivery (append to
     the outgoing payment entity's step.effects)."""
     if peer_name and amount > 0:
-        effects.append(SideEffect("hincrby", keys.peer_totals(peer_name), "sent", str(amount)))
+        step.effects.append(SideEffect("hincrby", keys.peer_totals(peer_name, step.shard), "sent", str(amount)))
 
 
 @dataclass(frozen=True)
@@ -289,8 +293,10 @@ def _from_hash(raw: dict[bytes, bytes]) -> Peer:
 class PeerStore:
     """Peers in Redis, cached per process (see the module's docstring for invalidation)."""
 
-    def __init__(self, client: aioredis.Redis, *, ack_wait_seconds: float = ACK_WAIT_SECONDS) -> None:
+    def __init__(self, client: aioredis.Redis, shards: ShardClients, *, ack_wait_seconds: float = ACK_WAIT_SECONDS) -> None:
+        """`client`: the control plane's; `shards`: where the totals are."""
         self._client = client
+        self._shards = shards
         self._create = client.register_script(_CREATE)
         self._delete = client.register_script(_DELETE)
         self._ack_wait = ack_wait_seconds
@@ -356,13 +362,22 @@ class PeerStore:
         return [_from_hash(raw) for raw in await pipe.execute() if raw]
 
     async def totals(self, names: list[str]) -> dict[str, Totals]:
+        """Each peer's totals: the sums of the shards' (exact, as Python ints)."""
         if not names:
             return {}
-        pipe = self._client.pipeline(transaction=False)
-        for name in names:
-            pipe.hmget(keys.peer_totals(name), "sent", "received")
-        found = await pipe.execute()
-        return {name: Totals(int(sent or 0), int(received or 0)) for name, (sent, received) in zip(names, found)}
+
+        async def of_shard(shard: int) -> list:
+            pipe = self._shards.of(shard).pipeline(transaction=False)
+            for name in names:
+                pipe.hmget(keys.peer_totals(name, shard), "sent", "received")
+            return await pipe.execute()
+
+        sent, received = dict.fromkeys(names, 0), dict.fromkeys(names, 0)
+        for found in await asyncio.gather(*(of_shard(n) for n in range(self._shards.count))):
+            for name, (shard_sent, shard_received) in zip(names, found):
+                sent[name] += int(shard_sent or 0)
+                received[name] += int(shard_received or 0)
+        return {name: Totals(sent[name], received[name]) for name in names}
 
     async def table(self) -> RoutingTable:
         """The peers as a routing table: the cached one while subscribed, else read now."""

@@ -1,9 +1,10 @@
 """The Redis side of webhook delivery: leased claims, settled outcomes, the dead letters.
 
-Entity actors queue an event atomically with the state change it reports (hash
-`opay:webhooks:events`, due time in sorted set `opay:webhooks:due`). A deliverer claims
-due events with one Lua script that pushes each claimed event's due time forward by a
-lease and counts the attempt, so two front ends never deliver the same attempt at once;
+Entity actors queue an event atomically with the state change it reports, in the outbox
+of the shard hosting the entity (keys.Outbox(shard): hash `opay:webhooks:events:{s<n>}`,
+due time in sorted set `opay:webhooks:due:{s<n>}`). A deliverer claims a shard's due
+events with one Lua script that pushes each claimed event's due time forward by a lease
+and counts the attempt, so two front ends never deliver the same attempt at once;
 a crashed deliverer's claims simply come due again when the lease runs out. A dead event
 is never selected again, so it cannot stall the queue (Rafiki #2664).
 """
@@ -71,20 +72,15 @@ class Claimed(msgspec.Struct, frozen=True):
 
 
 class Outbox:
-    """The Redis side of delivery. Key names are parameters so tests can use their own."""
+    """The Redis side of delivery for one shard's outbox (keys.Outbox(shard)): `client` is
+    the shard's (ShardClients.of(shard)); every script and transaction here touches only
+    that outbox's keys, which share its hash tag."""
 
-    def __init__(
-        self,
-        client: aioredis.Redis,
-        *,
-        events: str = keys.WEBHOOK_EVENTS,
-        due: str = keys.WEBHOOK_DUE,
-        dead: str = keys.WEBHOOK_DEAD,
-        attempts: str = keys.WEBHOOK_ATTEMPTS,
-        errors: str = keys.WEBHOOK_ERRORS,
-    ) -> None:
+    def __init__(self, client: aioredis.Redis, names: keys.Outbox) -> None:
         self._client = client
-        self.events, self.due, self.dead, self.attempts, self.errors = events, due, dead, attempts, errors
+        self.names = names
+        self.shard = names.shard
+        self.events, self.due, self.dead, self.attempts, self.errors = names.events, names.due, names.dead, names.attempts, names.errors
         self._claim = client.register_script(_CLAIM)
         self._failed = client.register_script(_FAILED)
 

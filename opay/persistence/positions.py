@@ -9,6 +9,7 @@ whether that member is still there or not. One script call: a page is a snapshot
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Awaitable, Callable, Generic, TypeVar
 
@@ -111,29 +112,56 @@ class Positions:
         entries = [Position(int(float(answer[i + 1])), answer[i].decode()) for i in range(2, len(answer), 2)]
         return PositionPage(entries, has_previous=start > 0, has_next=start + len(entries) < total)
 
-    async def collect(
-        self, key: str, cursor: Position | None, direction: str, count: int, load: Callable[[list[Position]], Awaitable[list[T | None]]]
-    ) -> Collected[T]:
-        """Up to `count` items where `load` makes one of an entry (None: skip it, as gone
-        or filtered out), reading on while skipped entries leave room, at most SCAN_MAX
-        entries: a page may be short, and its cursors are the bounds of what was read."""
-        items: list[T] = []
-        scanned: list[Position] = []
-        has_before = has_beyond = False
-        first_chunk = True
-        while True:
-            chunk = await self.page(key, cursor, direction, count - len(items))
-            kept = [item for item in await load(chunk.entries) if item is not None] if chunk.entries else []
-            behind, beyond = (chunk.has_previous, chunk.has_next) if direction == "first" else (chunk.has_next, chunk.has_previous)
-            if first_chunk:
-                has_before, first_chunk = behind, False
-            has_beyond = beyond
-            if direction == "first":
-                items, scanned = items + kept, scanned + chunk.entries
-            else:
-                items, scanned = kept + items, chunk.entries + scanned
-            if not chunk.entries or not beyond or len(items) >= count or len(scanned) >= SCAN_MAX:
-                break
-            cursor = chunk.entries[-1] if direction == "first" else chunk.entries[0]
-        has_previous, has_next = (has_before, has_beyond) if direction == "first" else (has_beyond, has_before)
-        return Collected(items, scanned[0] if scanned else None, scanned[-1] if scanned else None, has_previous, has_next)
+    def pager(self, key: str) -> Pager:
+        return lambda cursor, direction, count: self.page(key, cursor, direction, count)
+
+
+# A page of positions of one ordered set (or of a union of them: `merged`).
+Pager = Callable[[Position | None, str, int], Awaitable[PositionPage]]
+
+
+def merged(pagers: list[Pager]) -> Pager:
+    """Pages of the union of disjoint sorted sets (one per shard) in their common order,
+    (score, member): each set's page around the cursor, merged and cut to `count`. A
+    cursor needs to be in none of them, so one from any set serves them all."""
+    assert pagers
+    if len(pagers) == 1:
+        return pagers[0]
+
+    async def page(cursor: Position | None, direction: str, count: int) -> PositionPage:
+        pages = await asyncio.gather(*(pager(cursor, direction, count) for pager in pagers))
+        entries = sorted(entry for one in pages for entry in one.entries)
+        before, after = any(one.has_previous for one in pages), any(one.has_next for one in pages)
+        if direction == "first":
+            return PositionPage(entries[:count], has_previous=before, has_next=after or len(entries) > count)
+        return PositionPage(entries[-count:], has_previous=before or len(entries) > count, has_next=after)
+
+    return page
+
+
+async def collect(
+    pager: Pager, cursor: Position | None, direction: str, count: int, load: Callable[[list[Position]], Awaitable[list[T | None]]]
+) -> Collected[T]:
+    """Up to `count` items where `load` makes one of an entry (None: skip it, as gone
+    or filtered out), reading on while skipped entries leave room, at most SCAN_MAX
+    entries: a page may be short, and its cursors are the bounds of what was read."""
+    items: list[T] = []
+    scanned: list[Position] = []
+    has_before = has_beyond = False
+    first_chunk = True
+    while True:
+        chunk = await pager(cursor, direction, count - len(items))
+        kept = [item for item in await load(chunk.entries) if item is not None] if chunk.entries else []
+        behind, beyond = (chunk.has_previous, chunk.has_next) if direction == "first" else (chunk.has_next, chunk.has_previous)
+        if first_chunk:
+            has_before, first_chunk = behind, False
+        has_beyond = beyond
+        if direction == "first":
+            items, scanned = items + kept, scanned + chunk.entries
+        else:
+            items, scanned = kept + items, chunk.entries + scanned
+        if not chunk.entries or not beyond or len(items) >= count or len(scanned) >= SCAN_MAX:
+            break
+        cursor = chunk.entries[-1] if direction == "first" else chunk.entries[0]
+    has_previous, has_next = (has_before, has_beyond) if direction == "first" else (has_beyond, has_before)
+    return Collected(items, scanned[0] if scanned else None, scanned[-1] if scanned else None, has_previous, has_next)

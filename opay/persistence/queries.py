@@ -1,46 +1,23 @@
 """The read side: snapshots straight from Redis, without a Ray hop.
 
 Redis holds every acknowledged state (write-through before reply), so a read here sees
-everything a client was ever told happened. A page of a list is one round trip (a filtered
-one, a bounded few).
+everything a client was ever told happened. A list is kept in parts, one sorted set per
+shard (so each part is in its entities' slot on Redis Cluster); a page is the parts' pages
+merged in creation order (opay/persistence/positions.py), then the snapshots of the page's
+members: two round trips to each shard's node (a filtered page, a bounded few more).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Callable
 
 import msgspec
-import redis.asyncio as aioredis
 
 from opay.persistence import keys
+from opay.persistence.clients import ShardClients
 from opay.persistence.codec import SnapshotCodec
-
-# KEYS[1] the index. ARGV: cursor ('' for none), direction ('first' | 'last'), count.
-# Returns {start rank, total, member, snapshot, ...}; start -1 when the cursor is not in the index.
-_PAGE = """
-local total = redis.call('ZCARD', KEYS[1])
-local count = tonumber(ARGV[3])
-local start, stop
-if ARGV[1] == '' then
-  if ARGV[2] == 'first' then start = 0 else start = math.max(total - count, 0) end
-else
-  local rank = redis.call('ZRANK', KEYS[1], ARGV[1])
-  if not rank then return {-1, total} end
-  if ARGV[2] == 'first' then start = rank + 1 else start = math.max(rank - count, 0) end
-  if ARGV[2] == 'last' and rank - count < 0 then count = rank end
-end
-stop = start + count - 1
-local out = {start, total}
-if count <= 0 then return out end
-local ids = redis.call('ZRANGE', KEYS[1], start, stop)
-for _, id in ipairs(ids) do
-  out[#out + 1] = id
-  out[#out + 1] = redis.call('HGET', 'opay:e:' .. id, 's') or ''
-end
-return out
-"""
-assert keys.entity("x") == "opay:e:x", "the page script hard-codes the entity key shape"
-
+from opay.persistence.positions import Position, Positions, merged
 
 # A filtered page reads at most this many snapshots: a filter that matches rarely ends a
 # page early (with a cursor to go on from) rather than reading a whole index.
@@ -71,11 +48,11 @@ class Unreadable(Exception):
 
 
 class Queries:
-    def __init__(self, client: aioredis.Redis, codec: SnapshotCodec) -> None:
+    def __init__(self, shards: ShardClients, codec: SnapshotCodec) -> None:
         """`codec`: the entity registry's (opay.actors.registry.codec)."""
-        self._client = client
+        self._shards = shards
         self._codec = codec
-        self._page = client.register_script(_PAGE)
+        self._positions = [Positions(shards.of(n)) for n in range(shards.count)]
 
     def _decode(self, raw: bytes, what: str) -> object:
         try:
@@ -84,61 +61,75 @@ class Queries:
             raise Unreadable(what, error) from None
 
     async def entity(self, entity_id: str) -> object | None:
-        raw = await self._client.hget(keys.entity(entity_id), "s")
+        shard = keys.shard_of(entity_id, self._shards.count)
+        raw = await self._shards.of(shard).hget(keys.entity(entity_id, shard), "s")
         return None if raw is None else self._decode(raw, entity_id)
 
     async def ping(self) -> None:
-        """Redis answers (GET /readyz); raises a RedisError when it does not."""
-        await self._client.ping()
-
-    async def webhook_depth(self) -> tuple[int, int]:
-        """(pending, dead) webhook events, in one round trip (opay/outbox/store.py's sets)."""
-        async with self._client.pipeline(transaction=False) as pipe:
-            pending, dead = await pipe.zcard(keys.WEBHOOK_DUE).zcard(keys.WEBHOOK_DEAD).execute()
-        return int(pending), int(dead)
+        """Redis answers (GET /readyz): every shard's node; raises a RedisError when one does not."""
+        await asyncio.gather(*(self._shards.of(n).ping() for n in range(self._shards.count)))
 
     async def page(
-        self, index_key: str, cursor: str | None, direction: str, count: int, keep: Callable[[object], bool] | None = None
+        self, index: Callable[[int], str], cursor: str | None, direction: str, count: int, keep: Callable[[object], bool] | None = None
     ) -> Page:
-        """Up to `count` items after (`first`) or before (`last`) the member `cursor`.
-        Unfiltered, one round trip. With `keep`, only the states it keeps, read CHUNK at a
-        time and at most SCAN_MAX; `has_next`/`has_previous` then say whether the index goes
-        on past the page that way, not whether what follows matches (a last page may be
-        empty). The side the page was not read towards: whether a cursor led here."""
+        """Up to `count` items after (`first`) or before (`last`) the member `cursor` of the
+        list whose part on shard n is the sorted set `index(n)`. Unfiltered, one page of
+        the parts. With `keep`, only the states it keeps, read CHUNK at a time and at most
+        SCAN_MAX; `has_next`/`has_previous` then say whether the list goes on past the page
+        that way, not whether what follows matches (a last page may be empty). The side the
+        page was not read towards: whether a cursor led here."""
         assert direction in ("first", "last") and 1 <= count <= 100
         forwards = direction == "first"
+        pager = merged([positions.pager(index(n)) for n, positions in enumerate(self._positions)])
+        frontier = None if cursor is None else await self._position_of(index, cursor)
         kept: list[tuple[str, object]] = []
-        frontier, more, budget = cursor, True, count if keep is None else SCAN_MAX
+        more, budget = True, count if keep is None else SCAN_MAX
         while more and len(kept) < count and budget > 0:
-            chunk, before, after = await self._window(index_key, frontier, direction, count if keep is None else min(CHUNK, budget))
-            more = after if forwards else before
-            ordered = chunk if forwards else chunk[::-1]
-            for position, (member, state) in enumerate(ordered):
-                frontier, budget = member, budget - 1
+            window = await pager(frontier, direction, count if keep is None else min(CHUNK, budget))
+            states = await self._states(window.entries, index)
+            more = window.has_next if forwards else window.has_previous
+            ordered = list(zip(window.entries, states))
+            if not forwards:
+                ordered.reverse()
+            for position, (entry, state) in enumerate(ordered):
+                frontier, budget = entry, budget - 1
                 if state is not None and (keep is None or keep(state)):
-                    kept.append((member, state))
+                    kept.append((entry.member, state))
                     if len(kept) == count:
                         more = more or position < len(ordered) - 1
                         break
-            if not chunk:
+            if not window.entries:
                 break
-        outer = frontier if more and len(kept) < count else (kept[-1][0] if kept else None)
+        last_read = None if frontier is None else frontier.member
+        outer = last_read if more and len(kept) < count else (kept[-1][0] if kept else None)
         inner = kept[0][0] if kept else None
         items = [state for _, state in kept]
         if forwards:
             return Page(items=items, has_previous=cursor is not None, has_next=more, start=inner, end=outer)
         return Page(items=items[::-1], has_previous=more, has_next=cursor is not None, start=outer, end=inner)
 
-    async def _window(self, index_key: str, cursor: str | None, direction: str, count: int) -> tuple[list[tuple[str, object | None]], bool, bool]:
-        """One round trip: (member, state or None if its snapshot is gone) in index order,
-        whether the index holds members before them, and after them."""
-        answer = await self._page(keys=[index_key], args=[cursor or "", direction, count])
-        start, total = int(answer[0]), int(answer[1])
-        if start < 0:
-            raise CursorNotFound(cursor)
-        pairs = answer[2:]
-        members = [
-            (pairs[i].decode(), self._decode(pairs[i + 1], f"an item of {index_key}") if pairs[i + 1] else None)
-            for i in range(0, len(pairs), 2)
-        ]
-        return members, start > 0, start + len(members) < total
+    async def _position_of(self, index: Callable[[int], str], member: str) -> Position:
+        shard = keys.shard_of(member, self._shards.count)
+        score = await self._shards.of(shard).zscore(index(shard), member)
+        if score is None:
+            raise CursorNotFound(member)
+        return Position(int(score), member)
+
+    async def _states(self, entries: list[Position], index: Callable[[int], str]) -> list[object | None]:
+        """The stored state of each member (None: its snapshot is gone), a pipeline per shard."""
+        by_shard: dict[int, list[int]] = {}
+        for n, entry in enumerate(entries):
+            by_shard.setdefault(keys.shard_of(entry.member, self._shards.count), []).append(n)
+
+        async def read(shard: int, positions: list[int]) -> list:
+            pipe = self._shards.of(shard).pipeline(transaction=False)
+            for n in positions:
+                pipe.hget(keys.entity(entries[n].member, shard), "s")
+            return await pipe.execute()
+
+        states: list[object | None] = [None] * len(entries)
+        shards = list(by_shard.items())
+        for (shard, positions), raws in zip(shards, await asyncio.gather(*(read(shard, positions) for shard, positions in shards))):
+            for n, raw in zip(positions, raws):
+                states[n] = None if raw is None else self._decode(raw, f"an item of {index(shard)}")
+        return states

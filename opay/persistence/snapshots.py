@@ -117,12 +117,21 @@ class Loaded(msgspec.Struct, frozen=True):
 
 
 class SnapshotStore:
-    """Used from inside a shard actor, one batch at a time: a blocking client is right."""
+    """One shard's entities. Used from inside the shard actor, one batch at a time: a
+    blocking client is right (on Redis Cluster, pinned to the shard's tag: a group commit
+    is one round trip to one node)."""
 
-    def __init__(self, client: redis.Redis, write_seconds: Buckets | None = None) -> None:
+    def __init__(
+        self, client: redis.Redis, shard: int = 0, write_seconds: Buckets | None = None, *, wait_replicas: int = 0, wait_ms: int = 0
+    ) -> None:
+        """`wait_replicas`: a write counts as landed only once that many replicas hold it
+        (WAIT, at most `wait_ms`), else its fate is unknown (Redis Cluster)."""
+        assert shard >= 0 and wait_replicas >= 0 and (wait_replicas == 0 or wait_ms > 0)
         self._client = client
+        self.shard = shard
         self._write = client.register_script(_WRITE)
         self._write_seconds = write_seconds  # each group commit's time, the confirming read included
+        self._wait = (wait_replicas, wait_ms)
 
     def load_many(self, entity_ids: list[str]) -> dict[str, Loaded]:
         return self.load(entity_ids, {})[0]
@@ -139,12 +148,12 @@ class SnapshotStore:
             return {}, {}
         pipe = self._client.pipeline(transaction=False)
         for entity_id in entity_ids:
-            pipe.hmget(keys.entity(entity_id), "v", "s")
-            pipe.hscan(keys.journal(entity_id), 0, count=JOURNAL_WHOLE_MAX)
+            pipe.hmget(keys.entity(entity_id, self.shard), "v", "s")
+            pipe.hscan(keys.journal(entity_id, self.shard), 0, count=JOURNAL_WHOLE_MAX)
             if wanted.get(entity_id):
-                pipe.hmget(keys.journal(entity_id), wanted[entity_id])
+                pipe.hmget(keys.journal(entity_id, self.shard), wanted[entity_id])
         for entity_id in others:
-            pipe.hmget(keys.journal(entity_id), wanted[entity_id])
+            pipe.hmget(keys.journal(entity_id, self.shard), wanted[entity_id])
         answers = iter(pipe.execute())
         loaded: dict[str, Loaded] = {}
         for entity_id in entity_ids:
@@ -163,10 +172,10 @@ class SnapshotStore:
 
     def journal_entry(self, entity_id: str, key: str) -> bytes | None:
         """One entry read on demand: a key that no command of the batch named in advance."""
-        return self._client.hget(keys.journal(entity_id), key)
+        return self._client.hget(keys.journal(entity_id, self.shard), key)
 
     def quarantine(self, entity_id: str, reason: str) -> None:
-        self._client.hset(keys.QUARANTINE, entity_id, reason[:1000])
+        self._client.hset(keys.quarantine(self.shard), entity_id, reason[:1000])
 
     def write_many(self, writes: list[EntityWrite]) -> list[str]:
         """LANDED, CONFLICT or UNKNOWN per write, in order. Writes whose fate the first
@@ -190,20 +199,36 @@ class SnapshotStore:
             for n, answer in zip(unloaded, again):
                 answers[n] = answer
         outcomes = [UNKNOWN if isinstance(answer, Exception) else LANDED if int(answer[0]) == 1 else CONFLICT for answer in answers]
+        if self._wait[0] and LANDED in outcomes and not self._replicated():
+            # On the master only: a failover now would lose it, so nobody may be told it
+            # landed. Asking again would only read the master's word: unknown it stays.
+            return self._observed(started, [UNKNOWN if outcome == LANDED else outcome for outcome in outcomes])
         unknown = [n for n, outcome in enumerate(outcomes) if outcome == UNKNOWN]
         if unknown:
             for n, outcome in zip(unknown, self._confirm([writes[n] for n in unknown])):
                 outcomes[n] = outcome
+        return self._observed(started, outcomes)
+
+    def _observed(self, started: float, outcomes: list[str]) -> list[str]:
         if self._write_seconds is not None:
             self._write_seconds.observe(time.perf_counter() - started)
         return outcomes
+
+    def _replicated(self) -> bool:
+        """Whether the replicas hold every write this client made (WAIT is per connection:
+        the pool has one, used by one batch at a time, so it is the one that wrote)."""
+        replicas, wait_ms = self._wait
+        try:
+            return int(self._client.execute_command("WAIT", replicas, wait_ms)) >= replicas
+        except redis.RedisError:
+            return False
 
     def _confirm(self, writes: list[EntityWrite]) -> list[str]:
         """Whether writes of unknown fate landed: the stored version and write id say."""
         try:
             pipe = self._client.pipeline(transaction=False)
             for write in writes:
-                pipe.hmget(keys.entity(write.entity_id), "v", "w")
+                pipe.hmget(keys.entity(write.entity_id, self.shard), "v", "w")
             found = pipe.execute()
         except redis.RedisError:
             return [UNKNOWN] * len(writes)
@@ -230,7 +255,7 @@ class SnapshotStore:
             pipe.evalsha(
                 self._write.sha,
                 1 + len(effect_keys),
-                keys.entity(write.entity_id),
+                keys.entity(write.entity_id, self.shard),
                 *effect_keys,
                 write.expected_version,
                 write.expected_version + 1,
