@@ -46,15 +46,16 @@ def redis_answers(url: str, seconds: float) -> None:
         left = deadline - time.monotonic()
         if left <= 0:
             raise Unreachable("Redis", shown_url(url), seconds, reason)
-        client = clients.blocking(url, left)
         try:
-            client.ping()
-            return
+            client = clients.blocking(url, left)  # asks the server whether it is a Redis Cluster
+            try:
+                client.ping()
+                return
+            finally:
+                client.close()
         except redis.RedisError as error:
             # redis-py words it "Error 111 connecting to host:port. Connection refused.": the cause says it.
             reason = getattr(error.__context__, "strerror", None) or str(error)
-        finally:
-            client.close()
         time.sleep(min(RETRY_SECONDS, max(0.0, deadline - time.monotonic())))
 
 
