@@ -71,6 +71,14 @@ class RedisCluster:
         self._eventually(lambda: self.client(port).ping(), f"node {port} answers")
 
     def start(self) -> "RedisCluster":
+        try:
+            self._form()
+        except BaseException:
+            self.stop()  # no node outlives a cluster that never formed
+            raise
+        return self
+
+    def _form(self) -> None:
         for port in self.ports:
             self.start_node(port)
         masters, replicas = self.ports[: self.master_count], self.ports[self.master_count :]
@@ -87,7 +95,6 @@ class RedisCluster:
             master_id = self.client(master).execute_command("CLUSTER MYID")
             self._eventually(lambda: self.client(port).execute_command("CLUSTER REPLICATE", master_id), f"{port} replicates {master}")
         self._eventually(self.healthy, "cluster_state:ok with every replica in sync")
-        return self
 
     def healthy(self) -> bool:
         for port in self.ports:
