@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 NODE_INSTALLED := tests/sdk/node_modules/.installed
 INTEROP_INSTALLED := tests/interop/node_modules/.installed
 
-.PHONY: run test browser-test bench faults clean settings-table
+.PHONY: run test browser-test bench faults scaling clean settings-table
 
 # One line per step: pip's -q keeps its own output to errors, the first install takes minutes.
 $(INSTALLED): pyproject.toml
@@ -57,6 +57,10 @@ bench: $(INSTALLED)
 # wrk replaying requests signed just before the run (installs Debian's wrk if missing).
 replay: $(INSTALLED)
 	$(BIN)/python bench/replay.py
+
+# replay.py's creates and credits per front-end processes x shards, then Redis Cluster masters 1 vs 3 (~15 min).
+scaling: $(INSTALLED)
+	$(BIN)/python bench/scaling.py
 
 faults: $(INSTALLED)
 	$(BIN)/python bench/faults.py

@@ -1,6 +1,6 @@
 """What bench/load.py and bench/ilp_packets.py share: a phase's measured window, the server's
 CPU, the receiver and client setup, loopback-only URLs, and starting a server of their own
-when not given one."""
+(on a Redis Cluster of its own, if asked) when not given one."""
 
 from __future__ import annotations
 
@@ -28,6 +28,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
+def _stat(pid: int | str) -> tuple[int, int]:
+    """(session, utime+stime in ticks) of a live process; OSError once it is gone."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()  # after the name: state ppid pgrp session ... utime(14) stime(15)
+    return int(fields[3]), int(fields[11]) + int(fields[12])
+
+
 def session_processes(sid: int, with_command: bool = False) -> dict[int, tuple[str, int]]:
     """pid: (its command line, or "" without with_command; utime+stime in ticks) of every live
     process in a session: the server, its Redis and its Ray (Ray's workers, the shards among
@@ -37,9 +44,8 @@ def session_processes(sid: int, with_command: bool = False) -> dict[int, tuple[s
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-            if int(fields[3]) != sid:  # after the name: state ppid pgrp session ... utime(14) stime(15)
+            session, ticks = _stat(entry)
+            if session != sid:
                 continue
             command = ""
             if with_command:
@@ -47,8 +53,30 @@ def session_processes(sid: int, with_command: bool = False) -> dict[int, tuple[s
                     command = cmdline.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        found[int(entry)] = (command, int(fields[11]) + int(fields[12]))
+        found[int(entry)] = (command, ticks)
     return found
+
+
+def process_ticks(pids: list[int]) -> dict[int, int]:
+    """pid: utime+stime in ticks of each of `pids` still alive (processes outside the server's
+    session, such as the nodes of a Redis Cluster bench/common.run_main started)."""
+    found = {}
+    for pid in pids:
+        try:
+            found[pid] = _stat(pid)[1]
+        except OSError:
+            continue
+    return found
+
+
+def machine_ticks() -> tuple[int, int, int]:
+    """(busy, stolen, all) CPU ticks of the whole machine since boot, over every core
+    (/proc/stat): busy is user, nice, system, irq and softirq (guest time is inside user);
+    stolen is the time a virtual machine's cores wanted to run but the host ran something else."""
+    with open("/proc/stat") as stat:
+        user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in stat.readline().split()[1:9])
+    busy = user + nice + system + irq + softirq
+    return busy, steal, busy + steal + idle + iowait
 
 
 def session_cpu_seconds(sid: int) -> float:
@@ -116,32 +144,59 @@ def check_server_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
 def run_main(args: argparse.Namespace, main: Callable[..., Coroutine[Any, Any, Any]], *, data_prefix: str, extra_env: dict[str, str], up_details: str) -> int:
     """`main(args, public_url, operator_url, operator_token, server_sid)` against --public-url, or
     else against a server started here in a temp dir (as the tests do), and stopped after.
-    `up_details` is formatted with public, operator, shards and data for the "server up" line."""
+    The server takes `args.shards` (OPAY_SHARDS) and, where a script has them,
+    `args.frontend_processes` (OPAY_FRONTEND_PROCESSES) and `args.redis_cluster_masters`: with
+    M >= 1 a Redis Cluster of M masters and no replicas (tests/redis_cluster.py) is started in the
+    temp dir first, the server is given it (OPAY_REDIS_URL, OPAY_REDIS_WAIT_REPLICAS=0) instead of
+    its embedded Redis, and it is stopped after the server. Its nodes are outside the server's
+    session, so main finds their pids in `args.outside_pids` ({role: [pid, ...]}, empty without).
+    `up_details` is formatted with public, operator, shards, frontends, redis and data for the
+    "server up" line."""
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
+    args.outside_pids = {}
     if args.public_url:
         asyncio.run(main(args, loopback(args.public_url), loopback(args.operator_url), args.operator_token, None))
         return 0
+    from tests.redis_cluster import RedisCluster
     from tests.support import OpayServer
 
     with tempfile.TemporaryDirectory(prefix=data_prefix) as data_dir:
         extra = dict(extra_env)
         if args.shards:
             extra["OPAY_SHARDS"] = str(args.shards)
-        server = OpayServer(Path(data_dir), extra)
-        started = time.monotonic()
-        server.start()
-        details = up_details.format(
-            public=server.public_url, operator=server.operator_url, shards=server.env()["OPAY_SHARDS"], data=data_dir
-        )
-        print(f"server up in {time.monotonic() - started:.1f} s: {details}", flush=True)
+        if getattr(args, "frontend_processes", 0):
+            extra["OPAY_FRONTEND_PROCESSES"] = str(args.frontend_processes)
+        masters = getattr(args, "redis_cluster_masters", 0)
+        cluster = None
+        redis = "embedded"
+        if masters:
+            started = time.monotonic()
+            cluster = RedisCluster(Path(data_dir) / "redis-cluster", masters=masters, replicas_each=0).start()
+            extra.update({"OPAY_REDIS_URL": cluster.url, "OPAY_REDIS_WAIT_REPLICAS": "0"})
+            args.outside_pids = {"redis": [process.pid for process in cluster.processes.values()]}
+            redis = f"Redis Cluster of {masters} master{'s' if masters > 1 else ''}, no replicas ({cluster.url})"
+            print(f"Redis Cluster up in {time.monotonic() - started:.1f} s: {masters} masters on ports {', '.join(map(str, cluster.ports))}", flush=True)
         try:
-            assert server.process is not None
-            asyncio.run(main(args, server.public_url, server.operator_url, server.operator_token, server.process.pid))
+            server = OpayServer(Path(data_dir), extra)
+            started = time.monotonic()
+            server.start()
+            env = server.env()
+            details = up_details.format(
+                public=server.public_url, operator=server.operator_url, shards=env["OPAY_SHARDS"],
+                frontends=env["OPAY_FRONTEND_PROCESSES"], redis=redis, data=data_dir,
+            )
+            print(f"server up in {time.monotonic() - started:.1f} s: {details}", flush=True)
+            try:
+                assert server.process is not None
+                asyncio.run(main(args, server.public_url, server.operator_url, server.operator_token, server.process.pid))
+            finally:
+                server.stop()
         finally:
-            server.stop()
+            if cluster is not None:
+                cluster.stop()
     return 0

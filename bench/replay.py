@@ -3,6 +3,7 @@
   .venv/bin/python bench/replay.py                        # own server; 3 rounds of 20 s per scenario
   .venv/bin/python bench/replay.py --quick                # 1 round of 3 s (development, the test)
   .venv/bin/python bench/replay.py --scenario creates,hot --rounds 5 --seconds 10
+  .venv/bin/python bench/replay.py --frontend-processes 2 --shards 4 --redis-cluster-masters 3   # 2 front ends, on a Redis Cluster
   .venv/bin/python bench/replay.py --public-url http://127.0.0.1:8000 \
       --operator-url http://127.0.0.1:8001 --operator-token "$OPAY_OPERATOR_TOKEN"   # no CPU figures
 
@@ -54,6 +55,7 @@ AMOUNT = 1000  # incomingAmount of the created payments (USD, scale 2), and each
 MAX_SECONDS = 240
 DRAIN_SECONDS = 30  # wrk's own cap past the window; a run ends as soon as every answer is in
 ROLES = ("front end", "shards", "redis", "ray other")
+CORES = os.cpu_count() or 1
 
 
 def ensure_wrk() -> str:
@@ -84,8 +86,9 @@ def write_requests(path: Path, requests: list[bytes]) -> Path:
     return path
 
 
-def processes(sid: int) -> dict[int, tuple[str, int]]:
-    """pid: (role, utime+stime in ticks) of every process in the server's session."""
+def processes(sid: int, outside: dict[str, list[int]]) -> dict[int, tuple[str, int]]:
+    """pid: (role, utime+stime in ticks) of every process in the server's session, and of the
+    processes it uses outside it (`outside`: role: pids, the nodes of a Redis Cluster)."""
     found = {}
     for pid, (command, ticks) in session_processes(sid, with_command=True).items():
         if "redis-server" in command:
@@ -97,15 +100,21 @@ def processes(sid: int) -> dict[int, tuple[str, int]]:
         else:  # `opay serve` (its uvicorn and its Ray driver), and any front end it starts
             role = "front end"
         found[pid] = (role, ticks)
+    for role, pids in outside.items():
+        found.update({pid: (role, ticks) for pid, ticks in common.process_ticks(pids).items()})
     return found
 
 
-def cpu_seconds(before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]]) -> dict[str, float]:
-    """CPU by role between two snapshots; a process started in between counts from zero."""
+def cpu_seconds(before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]]) -> tuple[dict[str, float], dict[str, float]]:
+    """CPU by role between two snapshots, and the most any one process of each role spent; a
+    process started in between counts from zero."""
     spent = dict.fromkeys(ROLES, 0.0)
+    busiest = dict.fromkeys(ROLES, 0.0)
     for pid, (role, ticks) in after.items():
-        spent[role] += (ticks - before.get(pid, (role, 0))[1]) / common.CLK_TCK
-    return spent
+        mine = (ticks - before.get(pid, (role, 0))[1]) / common.CLK_TCK
+        spent[role] += mine
+        busiest[role] = max(busiest[role], mine)
+    return spent, busiest
 
 
 @dataclass
@@ -116,8 +125,12 @@ class Run:
     connections: int
     report: dict
     out: Path
-    cpu: dict[str, float] | None
+    cpu: dict[str, float] | None  # seconds by role over the window
+    busiest: dict[str, float] | None  # seconds of the busiest process of each role over the window
     wrk_cpu: float
+    window: float  # wall seconds from the CPU snapshot before wrk to the one after it
+    machine: float  # cores of the whole machine busy over the window (every process, wrk's and others' too)
+    stolen: float  # cores the hypervisor took from this machine over the window (/proc/stat steal)
     statuses: Counter = field(default_factory=Counter)
     kinds: dict[str, dict[str, int]] = field(default_factory=dict)
 
@@ -174,6 +187,28 @@ class Run:
             return f"CPU ms/{unit}: server n/a (not started here)  ({wrk})"
         main = "  ".join(f"{role} {self.cpu[role] * 1000 / per:.3f}" for role in ROLES[:3])
         return f"CPU ms/{unit}: {main}  (Ray's other processes {self.cpu['ray other'] * 1000 / per:.3f}, {wrk})"
+
+    def load_text(self) -> str:
+        """How busy the machine was during the run, and the busiest single process of each role:
+        what ran out (every core, or one process at a whole core)."""
+        text = f"machine: {self.machine:.2f} of {CORES} cores busy, {self.stolen:.2f} stolen by the host, over the run's {self.window:.1f} s"
+        if self.busiest is None:
+            return text
+        busiest = "  ".join(f"{role} {self.busiest[role] / self.window:.2f}" for role in ROLES)
+        return f"{text}; busiest process, cores: {busiest}  wrk {self.wrk_cpu / self.window:.2f}"
+
+    def figures(self) -> dict:
+        """What bench/scaling.py tabulates (replay.py --json)."""
+        latency = self.report["latency_us"]
+        per = self.answered or 1
+        return {
+            "answered": self.answered, "seconds": self.seconds, "rate": self.rate, "p50_ms": latency["p50"] / 1000,
+            "p99_ms": latency["p99"] / 1000, "non_2xx": self.non_2xx(), "socket_errors": self.socket_errors(),
+            "unanswered": self.unanswered, "window": self.window, "machine_cores": self.machine, "stolen_cores": self.stolen, "cores": CORES,
+            "cpu_ms_per_request": None if self.cpu is None else {role: self.cpu[role] * 1000 / per for role in ROLES},
+            "busiest_cores": None if self.busiest is None else {role: self.busiest[role] / self.window for role in ROLES},
+            "wrk_ms_per_request": self.wrk_cpu * 1000 / per, "wrk_cores": self.wrk_cpu / self.window,
+        }
 
     def line(self, label: str) -> str:
         latency = self.report["latency_us"]
@@ -254,7 +289,9 @@ class Bench:
         duration = math.ceil(seconds + DRAIN_SECONDS) if seconds else 600
         command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "60s", "-s", str(SCRIPTS / script)]
         command.append(url or self.public)
-        before = processes(self.sid) if self.sid else None
+        outside = self.args.outside_pids
+        before = processes(self.sid, outside) if self.sid else None
+        machine_before, started = common.machine_ticks(), time.monotonic()
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         log = self.work / f"run-{self.runs}.log"
         with open(log, "w") as logged:
@@ -266,13 +303,15 @@ class Bench:
                     break
                 time.sleep(0.05)
             wrk.wait()
-        after = processes(self.sid) if self.sid else None
+        after = processes(self.sid, outside) if self.sid else None
+        (busy0, stolen0, all0), (busy1, stolen1, all1), window = machine_before, common.machine_ticks(), time.monotonic() - started
         spent = resource.getrusage(resource.RUSAGE_CHILDREN)
         if wrk.returncode != 0 or not out.exists():
             raise SystemExit(f"wrk failed ({wrk.returncode}): {log.read_text()[-2000:]}")
         wrk_cpu = spent.ru_utime + spent.ru_stime - children.ru_utime - children.ru_stime
-        cpu = cpu_seconds(before, after) if before is not None and after is not None else None
-        return Run(name, connections, json.loads(out.read_text()), out, cpu, wrk_cpu)
+        cpu, busiest = cpu_seconds(before, after) if before is not None and after is not None else (None, None)
+        machine, stolen = ((busy1 - busy0) / (all1 - all0) * CORES, (stolen1 - stolen0) / (all1 - all0) * CORES) if all1 > all0 else (0.0, 0.0)
+        return Run(name, connections, json.loads(out.read_text()), out, cpu, busiest, wrk_cpu, window, machine, stolen)
 
     async def populate(self, wallet: dict, token: str, count: int, amount: int | None) -> list[str]:
         """`count` incoming payments on `wallet` (setup, not measured): replayed creates, then listed."""
@@ -436,6 +475,7 @@ SCENARIO_FUNCTIONS: dict[str, Scenario] = {"creates": creates, "gets": gets, "cr
 async def main(args: argparse.Namespace, public_url: str, operator_url: str, token: str, server_sid: int | None) -> None:
     failures: list[str] = []
     summary: list[str] = []
+    medians: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="opay-replay-") as work:
         async with httpx.AsyncClient(timeout=60) as http:
             b = Bench(args, http, public_url, operator_url, token, server_sid, Path(work))
@@ -445,6 +485,7 @@ async def main(args: argparse.Namespace, public_url: str, operator_url: str, tok
                 runs = []
                 for round_ in range(1, args.rounds + 1):
                     run, checks, text = await SCENARIO_FUNCTIONS[name](b, round_, state)
+                    text += f"\n{'':<9}{run.load_text()}"
                     runs.append((run, text))
                     print(run.line(f"round {round_}/{args.rounds}"), flush=True)
                     print(f"{'':<9}{text}", flush=True)
@@ -454,8 +495,13 @@ async def main(args: argparse.Namespace, public_url: str, operator_url: str, tok
                             failures.append(f"{name} round {round_}: {what}")
                 median, text = sorted(runs, key=lambda r: r[0].rate)[len(runs) // 2]
                 b.rates[name] = median.rate
+                medians[name] = median.figures()
                 summary.append(f"{median.line(f'median of {len(runs)}')}\n{'':<9}{text}")
     print(f"\nmedian round per scenario (by req/s):\n" + "\n".join(summary), flush=True)
+    if args.json:
+        config = {"shards": args.shards or None, "frontend_processes": args.frontend_processes,
+                  "redis_cluster_masters": args.redis_cluster_masters, "rounds": args.rounds, "seconds": args.seconds}
+        Path(args.json).write_text(json.dumps({"config": config, "scenarios": medians, "failures": failures}, indent=1))
     if failures:
         print(f"checks FAILED ({len(failures)}):\n  " + "\n  ".join(failures), flush=True)
         raise SystemExit(1)
@@ -476,6 +522,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--poll-ms", type=int, default=10, help="flow: wait between a flow's GETs, ms (default 10)")
     parser.add_argument("--max-polls", type=int, default=500, help="flow: GETs per flow at most (default 500)")
     parser.add_argument("--shards", type=int, default=0, help="OPAY_SHARDS for the server this script starts (0: as tests, 2)")
+    parser.add_argument("--frontend-processes", type=int, default=1,
+                        help="OPAY_FRONTEND_PROCESSES for the server this script starts (default 1: one process, no supervisor)")
+    parser.add_argument("--redis-cluster-masters", type=int, default=0,
+                        help="0 (default): the server's embedded Redis; M >= 1: a Redis Cluster of M masters, no replicas, started for it")
+    parser.add_argument("--json", help="also write the median round of each scenario's figures to this file (bench/scaling.py reads it)")
     parser.add_argument("--public-url", help="a running server's public API (loopback only)")
     parser.add_argument("--operator-url", help="a running server's operator API (loopback only)")
     parser.add_argument("--operator-token", default=os.environ.get("OPAY_OPERATOR_TOKEN", ""))
@@ -483,6 +534,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     common.check_server_args(parser, args)
     if not args.scenario or set(args.scenario.split(",")) - set(SCENARIOS):
         parser.error(f"--scenario takes any of {', '.join(SCENARIOS)}")
+    if args.public_url and (args.frontend_processes != 1 or args.redis_cluster_masters or args.shards):
+        parser.error("--shards, --frontend-processes and --redis-cluster-masters are for the server this script starts")
+    if args.frontend_processes < 1 or args.redis_cluster_masters < 0:
+        parser.error("--frontend-processes is at least 1, --redis-cluster-masters at least 0")
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.seconds = args.seconds or (3.0 if args.quick else 20.0)
     if args.seconds > MAX_SECONDS:
@@ -495,7 +550,7 @@ def run(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     ensure_wrk()
     return common.run_main(
-        args, main, data_prefix="opay-replay-", extra_env={}, up_details="{public} (operator {operator}); shards {shards}; data {data}"
+        args, main, data_prefix="opay-replay-", extra_env={}, up_details="{public} (operator {operator}); shards {shards}; front-end processes {frontends}; Redis: {redis}; data {data}"
     )
 
 
