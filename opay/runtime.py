@@ -96,7 +96,7 @@ async def serve(
     process, or the supervisor's parent). `sockets`: (public, operator), bound by the
     caller (SO_REUSEPORT, opay/frontends.py). `ready`: called once both serve, in place of
     the start lines and "opay ready" (a supervised child: its parent says them)."""
-    client = clients.asynchronous(redis_url, settings.redis_timeout_seconds)
+    client = clients.asynchronous(redis_url, settings.redis_timeout_seconds, wait_replicas=settings.redis_wait_replicas)
     http = httpx.AsyncClient(limits=httpx.Limits(max_connections=100))
     fetcher = Fetcher(FetchPolicy.from_settings(settings))  # every URL a client supplies, never `http`
     wallets = WalletAddressStore(client)
@@ -119,7 +119,7 @@ async def serve(
     remote_receivers = RemoteReceivers(settings, fetcher, client_signer)
     prober = RateProber(settings)
     router = shard_router(settings, shards)
-    shard_clients = ShardClients(redis_url, settings.redis_timeout_seconds, router.shard_count)
+    shard_clients = ShardClients(redis_url, settings.redis_timeout_seconds, router.shard_count, settings.redis_wait_replicas)
     services = Services(
         settings=settings,
         router=router,
@@ -202,7 +202,7 @@ async def run_duties(settings: Settings, redis_url: str, shards: Shards, stop: a
     """Timers and webhook delivery without the APIs (`opay head`, and the supervisor of
     several front-end processes), until `stop` is set."""
     router = shard_router(settings, shards)
-    shard_clients = ShardClients(redis_url, settings.redis_timeout_seconds, router.shard_count)
+    shard_clients = ShardClients(redis_url, settings.redis_timeout_seconds, router.shard_count, settings.redis_wait_replicas)
     tasks = start_duties(shard_clients, router, settings)
     try:
         await stop.wait()

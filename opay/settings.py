@@ -146,7 +146,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     shard_max_active_entities: Annotated[Positive, _doc("entities one shard keeps in memory; the least recent are evicted")] = 100_000
     redis_timeout_seconds: Annotated[Seconds, _doc("deadline of one Redis call")] = 5.0
     redis_wait_replicas: Annotated[int, _doc(
-        "on Redis Cluster: replicas that must hold an entity write (WAIT, within half of redis_timeout_seconds) before it is"
+        "on Redis Cluster: replicas that must hold a write (WAIT, within half of redis_timeout_seconds) before it is"
         " acknowledged, so a failover loses nothing acknowledged; 0: the master's word is enough", ge=0, le=16,
     )] = 1
     timer_interval_seconds: Annotated[Seconds, _doc("how often expiries and retries due are looked for")] = 1.0

@@ -97,6 +97,12 @@ class RedisCluster:
         self._eventually(self.healthy, "cluster_state:ok with every replica in sync")
 
     def healthy(self) -> bool:
+        """Every live node says cluster_state:ok, every replica's link is up, and every node
+        names the same master for each slot range (a node back from a kill may still claim
+        its old slots for a moment)."""
+        views = {tuple((e[0], e[1], int(e[2][1])) for e in self.client(port).execute_command("CLUSTER SLOTS")) for port in self.processes}
+        if len(views) != 1:
+            return False
         for port in self.ports:
             if port not in self.processes:
                 continue
@@ -125,6 +131,10 @@ class RedisCluster:
     def masters(self) -> list[int]:
         return sorted({int(entry[2][1]) for entry in self.client(self.live_port()).execute_command("CLUSTER SLOTS")})
 
+    def replica_of(self, master: int) -> int:
+        """The port of the replica of the master at `master` (as the master sees it)."""
+        return int(self.client(master).info("replication")["slave0"]["port"])
+
     def kill9(self, port: int) -> None:
         process = self.processes.pop(port)
         process.send_signal(signal.SIGKILL)
@@ -136,6 +146,12 @@ class RedisCluster:
         self._eventually(lambda: killed not in self.masters() and self.healthy(), f"a replica of {killed} is master")
         (promoted,) = set(self.masters()) - (before - {killed})
         return promoted
+
+    def rejoin(self, port: int) -> None:
+        """Starts a killed node again and waits until it is a replica in sync (the cluster
+        healthy again): a master it was the replica of counts on it for WAIT."""
+        self.start_node(port)
+        self._eventually(self.healthy, f"{port} back, every replica in sync")
 
     def stop(self) -> None:
         for port in list(self.processes):

@@ -40,6 +40,12 @@ def due_tries(shard: int) -> str:
     return f"{PREFIX}:due-tries:{shard_tag(shard)}"
 
 
+def fence(shard: int) -> str:
+    """A counter per shard, bumped after a read on Redis Cluster: a WAIT then covers
+    everything the read saw (replication is one ordered stream per master)."""
+    return f"{PREFIX}:fence:{shard_tag(shard)}"
+
+
 def quarantine(shard: int) -> str:
     """A hash per shard: entity id -> why its snapshot could not be read."""
     return f"{PREFIX}:quarantine:{shard_tag(shard)}"

@@ -154,7 +154,10 @@ class SnapshotStore:
                 pipe.hmget(keys.journal(entity_id, self.shard), wanted[entity_id])
         for entity_id in others:
             pipe.hmget(keys.journal(entity_id, self.shard), wanted[entity_id])
+        if self._wait[0]:
+            pipe.incr(keys.fence(self.shard))
         answers = iter(pipe.execute())
+        self._read_replicated()
         loaded: dict[str, Loaded] = {}
         for entity_id in entity_ids:
             (version, snapshot), (cursor, scanned) = next(answers), next(answers)
@@ -172,7 +175,18 @@ class SnapshotStore:
 
     def journal_entry(self, entity_id: str, key: str) -> bytes | None:
         """One entry read on demand: a key that no command of the batch named in advance."""
-        return self._client.hget(keys.journal(entity_id, self.shard), key)
+        if not self._wait[0]:
+            return self._client.hget(keys.journal(entity_id, self.shard), key)
+        found, _ = self._client.pipeline(transaction=False).hget(keys.journal(entity_id, self.shard), key).incr(keys.fence(self.shard)).execute()
+        self._read_replicated()
+        return found
+
+    def _read_replicated(self) -> None:
+        """A read may see a write that landed on the master alone (its writer heard "unknown");
+        acting on it would acknowledge what a failover can lose. So on Redis Cluster a read
+        ends with a fence write, and is used only once the replicas hold the fence."""
+        if self._wait[0] and not self._replicated():
+            raise redis.RedisError(f"shard {self.shard}: what was read is not on {self._wait[0]} replica(s) yet")
 
     def quarantine(self, entity_id: str, reason: str) -> None:
         self._client.hset(keys.quarantine(self.shard), entity_id, reason[:1000])
@@ -229,7 +243,10 @@ class SnapshotStore:
             pipe = self._client.pipeline(transaction=False)
             for write in writes:
                 pipe.hmget(keys.entity(write.entity_id, self.shard), "v", "w")
-            found = pipe.execute()
+            if self._wait[0]:
+                pipe.incr(keys.fence(self.shard))
+            found = pipe.execute()[: len(writes)]
+            self._read_replicated()
         except redis.RedisError:
             return [UNKNOWN] * len(writes)
         outcomes = []
