@@ -430,3 +430,22 @@ async def test_on_defaults_the_client_cannot_approve_its_own_consent_page(tmp_pa
             assert (await world.operator.post(f"/grants/{grant_id}/approve", {})).status_code == 200
     finally:
         server.stop()
+
+
+async def test_a_grant_pending_when_its_wallet_address_is_deactivated_is_approved_by_neither_way(world) -> None:
+    """Asked for before the deactivation, decided after it: approved neither on the consent
+    page nor through the operator API, as a new request naming it would be refused; it stays
+    pending, and once the wallet address is active again it can be approved."""
+    pending = await start(world)
+    path = world.receiver["id"].rsplit("/", 1)[1]
+    assert (await world.operator.patch(f"/wallet-addresses/{path}", {"active": False})).status_code == 200
+    on_page = await world.http.post(pending["interact"]["redirect"] + "/approve", headers=world.owner_headers)
+    assert on_page.status_code == 409 and "deactivated" in on_page.text
+    refused = await world.operator.post(f"/grants/{grant_id(pending)}/approve", {})
+    assert_error(refused, 409, "inactive_wallet_address")
+    assert refused.json()["error"]["details"] == {"walletAddress": world.receiver["id"]}
+    assert (await world.operator.get(f"/grants/{grant_id(pending)}")).json()["state"] == "pending"
+    assert (await cont(world.client, pending)).status_code != 200, "no token for a grant not approved"
+    assert (await world.operator.patch(f"/wallet-addresses/{path}", {"active": True})).status_code == 200
+    approved = await world.operator.post(f"/grants/{grant_id(pending)}/approve", {})
+    assert approved.status_code == 200 and approved.json()["state"] == "approved", approved.text

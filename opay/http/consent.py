@@ -34,6 +34,7 @@ from opay.http import urls
 from opay.http.errors import ApiError
 from opay.http.resources import is_local_url, uuid_in_url
 from opay.http.services import Services, services
+from opay.http.wallet_state import INACTIVE, deactivated_in
 
 
 def page_url(s: Services, grant: Grant) -> str:
@@ -129,6 +130,9 @@ async def _decide(request: Request, approve: bool) -> Response:
     if _cross_site(request, s) or not await _page_decides(request, s, grant):
         # Whoever holds the link (the client included) is not thereby the wallet's owner.
         return page.not_here(s.settings)
+    inactive = await deactivated_in(s, grant) if approve else None
+    if inactive is not None:
+        return page.wallet_inactive(s.settings, inactive)
     decided = await s.grants.decide(request.path_params["grant_id"], approve, now_ms(), nonce=request.path_params["nonce"])
     if decided is None:
         return page.not_found(s.settings)
@@ -159,6 +163,11 @@ class GrantDecision(msgspec.Struct, frozen=True, kw_only=True, rename="camel", o
 async def operator_decision(s: Services, grant_id: str, approve: bool) -> GrantDecision:
     """The operator API's approve / deny: the JSON view, 404 for no interactive grant,
     409 when the other decision was made first. The same decision again is a no-op."""
+    if approve:
+        pending = await s.grants.get(grant_id)
+        inactive = None if pending is None or pending.interaction is None else await deactivated_in(s, pending)
+        if inactive is not None:
+            raise ApiError(409, INACTIVE, f"{inactive} is deactivated: the grant cannot be approved", {"walletAddress": inactive})
     decided: Decided | None = await s.grants.decide(grant_id, approve, now_ms())
     if decided is None or decided.grant.interaction is None:
         raise ApiError(404, "not_found", "no such interactive grant (unknown, expired or cancelled)")

@@ -231,6 +231,12 @@ def not_here(settings: Settings) -> HTMLResponse:
     return page(settings, "Decided by your provider", f"<h1>Not here</h1><p>{PROVIDER_DECIDES}</p>", 403, _NO_STORE)
 
 
+def wallet_inactive(settings: Settings, url: str) -> HTMLResponse:
+    """An approval of a request naming a wallet address deactivated since it was made."""
+    body = f"<h1>Cannot be approved</h1><p>The wallet address {escape(url)} is deactivated: it takes no new access.</p>"
+    return page(settings, "Cannot be approved", body, 409, _NO_STORE)
+
+
 def already_decided(settings: Settings, state: str) -> HTMLResponse:
     state = STATE_TEXT.get(state, state)
     body = f"<h1>Already decided</h1><p>This request was already {escape(state)}; that decision stands.</p>"

@@ -8,6 +8,7 @@ settling; only new ones are refused: 400 `inactive_wallet_address`, as Rafiki an
 
 from __future__ import annotations
 
+from opay.auth.grant_states import Grant
 from opay.http.errors import ApiError
 from opay.http.services import Services
 from opay.persistence.wallet_addresses import WalletAddress
@@ -41,3 +42,14 @@ async def active_wallet(s: Services, url: str) -> WalletAddress:
     wallet = await known_wallet(s, url)
     require_active(wallet, url)
     return wallet
+
+
+async def deactivated_in(s: Services, grant: Grant) -> str | None:
+    """The first wallet address of this server the grant names (its client's, its access
+    items') that is deactivated now, else None. A grant asked for before a deactivation
+    is approved after it only as a new request would be: not at all."""
+    for url in dict.fromkeys([grant.client.walletAddress, *(item.identifier for item in grant.access)]):
+        wallet = None if url is None else await local_wallet(s, url)
+        if wallet is not None and not wallet.active:
+            return url
+    return None
