@@ -78,28 +78,28 @@ class Outbox:
 
     def __init__(self, client: aioredis.Redis, names: keys.Outbox) -> None:
         self._client = client
-        self.names = names
+        self._names = names
         self.shard = names.shard
-        self.events, self.due, self.dead, self.attempts, self.errors = names.events, names.due, names.dead, names.attempts, names.errors
         self._claim = client.register_script(_CLAIM)
         self._failed = client.register_script(_FAILED)
 
     async def claim(self, now: int, limit: int, lease_until: int, max_attempts: int) -> list[Claimed]:
         """Due events, at most `limit`, each leased until `lease_until` and its attempt counted."""
         assert limit > 0 and lease_until > now and max_attempts > 0
-        flat = await self._claim(
-            keys=[self.due, self.events, self.attempts, self.dead, self.errors], args=[now, lease_until, limit, max_attempts]
-        )
+        names = self._names
+        flat = await self._claim(keys=[names.due, names.events, names.attempts, names.dead, names.errors], args=[now, lease_until, limit, max_attempts])
         return [Claimed(flat[i].decode(), int(flat[i + 1]), flat[i + 2]) for i in range(0, len(flat), 3)]
 
     async def delivered(self, event_id: str) -> None:
         """Forget the event entirely (also out of the dead set, if a late success beat its burial)."""
+        names = self._names
         async with self._client.pipeline(transaction=True) as pipe:
-            pipe.zrem(self.due, event_id).zrem(self.dead, event_id)
-            pipe.hdel(self.events, event_id).hdel(self.attempts, event_id).hdel(self.errors, event_id)
+            pipe.zrem(names.due, event_id).zrem(names.dead, event_id)
+            pipe.hdel(names.events, event_id).hdel(names.attempts, event_id).hdel(names.errors, event_id)
             await pipe.execute()
 
     async def failed(self, claimed: Claimed, error: str, now: int, retry_at: int | None) -> bool:
         """Reschedule at `retry_at`, or bury when None. False if the attempt was superseded."""
         args = [claimed.id, claimed.attempt, error[:500], now, "" if retry_at is None else retry_at]
-        return bool(await self._failed(keys=[self.due, self.dead, self.attempts, self.errors], args=args))
+        names = self._names
+        return bool(await self._failed(keys=[names.due, names.dead, names.attempts, names.errors], args=args))

@@ -21,6 +21,7 @@ import redis
 
 from opay.observability.tally import Buckets
 from opay.persistence import keys
+from opay.persistence.clients import NotReplicated
 
 # KEYS[1] the entity hash; KEYS[2..] one key per side effect.
 # ARGV[1] expected version, ARGV[2] new version, ARGV[3] snapshot, ARGV[4] write id,
@@ -154,10 +155,7 @@ class SnapshotStore:
                 pipe.hmget(keys.journal(entity_id, self.shard), wanted[entity_id])
         for entity_id in others:
             pipe.hmget(keys.journal(entity_id, self.shard), wanted[entity_id])
-        if self._wait[0]:
-            pipe.incr(keys.fence(self.shard))
-        answers = iter(pipe.execute())
-        self._read_replicated()
+        answers = iter(self._read(pipe))
         loaded: dict[str, Loaded] = {}
         for entity_id in entity_ids:
             (version, snapshot), (cursor, scanned) = next(answers), next(answers)
@@ -175,18 +173,32 @@ class SnapshotStore:
 
     def journal_entry(self, entity_id: str, key: str) -> bytes | None:
         """One entry read on demand: a key that no command of the batch named in advance."""
-        if not self._wait[0]:
-            return self._client.hget(keys.journal(entity_id, self.shard), key)
-        found, _ = self._client.pipeline(transaction=False).hget(keys.journal(entity_id, self.shard), key).incr(keys.fence(self.shard)).execute()
-        self._read_replicated()
+        (found,) = self._read(self._client.pipeline(transaction=False).hget(keys.journal(entity_id, self.shard), key))
         return found
 
-    def _read_replicated(self) -> None:
-        """A read may see a write that landed on the master alone (its writer heard "unknown");
-        acting on it would acknowledge what a failover can lose. So on Redis Cluster a read
-        ends with a fence write, and is used only once the replicas hold the fence."""
-        if self._wait[0] and not self._replicated():
-            raise redis.RedisError(f"shard {self.shard}: what was read is not on {self._wait[0]} replica(s) yet")
+    def _read(self, pipe: redis.client.Pipeline) -> list:
+        """A pipeline of reads, fenced: its answers once the replicas hold all it saw."""
+        answers, replicated = self._execute(pipe, fence=True)
+        if not replicated:
+            raise NotReplicated(f"shard {self.shard}: what was read is not on {self._wait[0]} replica(s) yet")
+        return answers
+
+    def _execute(self, pipe: redis.client.Pipeline, *, fence: bool, raise_on_error: bool = True) -> tuple[list, bool]:
+        """The pipeline's answers, and whether the replicas hold what it wrote (always so off
+        a Redis Cluster). There it ends with WAIT, on the connection that sent the rest (a
+        pipeline is one connection). `fence`: a counter write before the WAIT, so that it
+        covers what the pipeline read too: a read may see a write the master holds alone
+        (its writer heard "unknown"), and acting on it would acknowledge what a failover
+        can take back."""
+        replicas, wait_ms = self._wait
+        if not replicas:
+            return pipe.execute(raise_on_error=raise_on_error), True
+        if fence:
+            pipe.incr(keys.fence(self.shard))
+        pipe.execute_command("WAIT", replicas, wait_ms)
+        answers = pipe.execute(raise_on_error=raise_on_error)
+        waited = answers[-1]
+        return answers[: len(answers) - 1 - fence], not isinstance(waited, Exception) and int(waited) >= replicas
 
     def quarantine(self, entity_id: str, reason: str) -> None:
         self._client.hset(keys.quarantine(self.shard), entity_id, reason[:1000])
@@ -198,22 +210,23 @@ class SnapshotStore:
             return []
         started = time.perf_counter()
         try:
-            answers = self._evalsha_many(writes)
+            answers, replicated = self._evalsha_many(writes)
         except redis.RedisError as error:
-            answers = [error] * len(writes)
+            answers, replicated = [error] * len(writes), False
         unloaded = [n for n, answer in enumerate(answers) if isinstance(answer, redis.exceptions.NoScriptError)]
         if unloaded:
             # Redis restarted (or flushed its scripts): a NOSCRIPT write did nothing, so
             # loading the script and sending exactly those again is safe.
             try:
                 self._client.script_load(_WRITE)
-                again = self._evalsha_many([writes[n] for n in unloaded])
+                again, replicated_again = self._evalsha_many([writes[n] for n in unloaded])
             except redis.RedisError as error:
-                again = [error] * len(unloaded)
+                again, replicated_again = [error] * len(unloaded), False
+            replicated = replicated and replicated_again
             for n, answer in zip(unloaded, again):
                 answers[n] = answer
         outcomes = [UNKNOWN if isinstance(answer, Exception) else LANDED if int(answer[0]) == 1 else CONFLICT for answer in answers]
-        if self._wait[0] and LANDED in outcomes and not self._replicated():
+        if LANDED in outcomes and not replicated:
             # On the master only: a failover now would lose it, so nobody may be told it
             # landed. Asking again would only read the master's word: unknown it stays.
             return self._observed(started, [UNKNOWN if outcome == LANDED else outcome for outcome in outcomes])
@@ -228,26 +241,14 @@ class SnapshotStore:
             self._write_seconds.observe(time.perf_counter() - started)
         return outcomes
 
-    def _replicated(self) -> bool:
-        """Whether the replicas hold every write this client made (WAIT is per connection:
-        the pool has one, used by one batch at a time, so it is the one that wrote)."""
-        replicas, wait_ms = self._wait
-        try:
-            return int(self._client.execute_command("WAIT", replicas, wait_ms)) >= replicas
-        except redis.RedisError:
-            return False
-
     def _confirm(self, writes: list[EntityWrite]) -> list[str]:
         """Whether writes of unknown fate landed: the stored version and write id say."""
         try:
             pipe = self._client.pipeline(transaction=False)
             for write in writes:
                 pipe.hmget(keys.entity(write.entity_id, self.shard), "v", "w")
-            if self._wait[0]:
-                pipe.incr(keys.fence(self.shard))
-            found = pipe.execute()[: len(writes)]
-            self._read_replicated()
-        except redis.RedisError:
+            found = self._read(pipe)
+        except redis.RedisError:  # NotReplicated too: the master's word alone says nothing
             return [UNKNOWN] * len(writes)
         outcomes = []
         for write, (version, write_id) in zip(writes, found):
@@ -260,7 +261,7 @@ class SnapshotStore:
                 outcomes.append(CONFLICT)
         return outcomes
 
-    def _evalsha_many(self, writes: list[EntityWrite]) -> list:
+    def _evalsha_many(self, writes: list[EntityWrite]) -> tuple[list, bool]:
         # EVALSHA straight into the pipeline: a Script object in a pipeline makes redis-py
         # send SCRIPT EXISTS first, a second round trip per batch.
         pipe = self._client.pipeline(transaction=False)
@@ -280,4 +281,4 @@ class SnapshotStore:
                 write.write_id,
                 *effect_args,
             )
-        return pipe.execute(raise_on_error=False)
+        return self._execute(pipe, fence=False, raise_on_error=False)
