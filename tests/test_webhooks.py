@@ -25,6 +25,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from opay.actors import registry
 from opay.actors.ids import INCOMING_PAYMENT
 from opay.persistence.keys import shard_of
 from opay.domain.amounts import Asset
@@ -522,7 +523,8 @@ def test_outgoing_payment_events_render_the_resource_view() -> None:
         phase="completed",
         sent=110,
     )
-    body = rendering.render(Event("ev-1", "outgoing_payment.completed", 1_700_000_001_000, payment), "https://ase.example")
+    event = Event("ev-1", "outgoing_payment.completed", 1_700_000_001_000, registry.codec.encode_state(payment))
+    body = rendering.render(*registry.read_event(codec.encode(event)), "https://ase.example")
     decoded = msgspec.json.decode(body)
     assert decoded["id"] == "ev-1" and decoded["type"] == "outgoing_payment.completed"
     assert decoded["createdAt"] == "2023-11-14T22:13:21.000Z"

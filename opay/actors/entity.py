@@ -135,14 +135,14 @@ class Step:
         state: object,
         journal: dict[str, bytes | None],
         pending: dict[str, bytes],
-        emit_events: bool = False,
+        event_state: Callable[[msgspec.Struct], bytes] | None = None,
         shard: int = 0,
         whole: bool = True,
         fetch: Callable[[str], bytes | None] | None = None,
     ) -> None:
         self.entity_id = entity_id
         self.shard = shard  # the shard hosting it: every key its effects touch carries its tag
-        self._emit_events = emit_events
+        self._event_state = event_state  # how an event holds the state (a snapshot); None: no events
         self.now_ms = now_ms
         self.state = state
         self.reply: Reply | None = None
@@ -190,9 +190,9 @@ class Step:
 
     def emit(self, event_type: str, state: msgspec.Struct) -> None:
         """Queue a webhook event, durably and atomically with this step's state."""
-        if not self._emit_events:
+        if self._event_state is None:
             return
-        event = Event(str(uuid.uuid4()), event_type, self.now_ms, state)
+        event = Event(str(uuid.uuid4()), event_type, self.now_ms, self._event_state(state))
         outbox = keys.Outbox(self.shard)
         self.effects += [
             SideEffect("hset", outbox.events, event.id, codec.encode(event)),
@@ -327,11 +327,12 @@ class EntityHost:
             self.journal_reads += 1
             return self._store.journal_entry(entity_id, key)
 
+        events = self._codec.encode_state if self._emit_events else None
         effects: list[SideEffect] = []
         asked: list[Tell] = []
         replies: list[Reply] = []
         for command in mailbox:
-            step = Step(entity_id, now_ms, state, journal, pending, self._emit_events, self._shard, active.whole, fetch)
+            step = Step(entity_id, now_ms, state, journal, pending, events, self._shard, active.whole, fetch)
             self._handlers[type(command)](command, state, step)
             if step.reply is None:  # a fault in the kind's handler: fails this entity's batch only
                 raise TypeError(f"{type(command).__name__} left no reply")

@@ -39,9 +39,13 @@ def kind_of(entity_id: str) -> EntityKind | None:
 # Snapshots: the union of every kind's states, each with its kind's schema.
 codec = SnapshotCodec([StateSchema(kind.states, kind.schema, kind.upgrades) for kind in KINDS])
 EntityState: Any = codec.State
-# An outbox event, its state decoded as the kind it is.
-EntityEvent: Any = Event[EntityState]  # type: ignore[valid-type]
 Reply: Any = Union[State[EntityState], Credited, Spent, Checked, Nothing, LinkReplies, Failed]  # type: ignore[valid-type]
+
+
+def read_event(body: bytes) -> tuple[Event, Any]:
+    """An outbox event and the state it holds, upgraded to its kind's current schema."""
+    event = codec.decode(body, Event)
+    return event, codec.decode_state(event.snapshot)
 
 
 def answered(command: Answered, state: object, step: Step) -> None:

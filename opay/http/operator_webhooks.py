@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from opay.actors.registry import EntityEvent
+from opay.actors.registry import read_event
 from opay.clock import now_ms
 from opay.domain.times import format_ms
 from opay.http.errors import ApiError
@@ -25,7 +25,6 @@ from opay.http.resources import canonical_uuid, json
 from opay.http.routing import Prefix
 from opay.outbox.admin import Status, Stored
 from opay.outbox.render import render
-from opay.persistence import codec
 
 STATUSES = get_args(Status)
 
@@ -53,7 +52,7 @@ class Purged(msgspec.Struct, frozen=True):
 def view(stored: Stored, public_url: str) -> WebhookEventView:
     try:
         assert stored.body is not None
-        body: msgspec.Raw | None = msgspec.Raw(render(codec.decode(stored.body, EntityEvent), public_url))
+        body: msgspec.Raw | None = msgspec.Raw(render(*read_event(stored.body), public_url))
     except Exception:  # a poison event: the deliverer buried it for this very reason
         body = None
     at = format_ms(stored.at_ms)

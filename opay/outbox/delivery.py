@@ -29,13 +29,13 @@ from typing import Callable
 import httpx
 import redis
 
-from opay.actors.registry import EntityEvent
+from opay.actors.registry import read_event
 from opay.clock import now_ms
 from opay.observability import metrics
 from opay.outbox.render import render
 from opay.outbox.signing import SIGNATURE_HEADER, sign
 from opay.outbox.store import Claimed, Outbox
-from opay.persistence import codec, keys
+from opay.persistence import keys
 from opay.persistence.clients import ShardClients
 from opay.settings import Settings
 
@@ -180,8 +180,8 @@ class Deliverer:
         """One attempt at `claimed`, an event of `outbox` (its shard's), and its outcome recorded there."""
         settings = self._settings
         try:
-            event = codec.decode(claimed.body, EntityEvent)
-            body = render(event, settings.public_url)
+            event, state = read_event(claimed.body)
+            body = render(event, state, settings.public_url)
         except Exception as error:  # a poison event is buried at once, never retried
             await self._settle(outbox, claimed, f"undeliverable event: {error}", final=True)
             return

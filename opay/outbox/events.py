@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
-
 import msgspec
 
-S = TypeVar("S")
 
-
-class Event(msgspec.Struct, Generic[S], frozen=True):
-    """A webhook event in the outbox: the entity's state as it was when it happened.
-    Generic in the state, as the states are the entity registry's to list: decode with
-    opay.actors.registry.EntityEvent (this with every kind's states)."""
+class Event(msgspec.Struct, frozen=True):
+    """A webhook event in the outbox: the entity's state as it was when it happened, as its
+    snapshot (schema-numbered, opay/persistence/codec.py), so that an event queued under one
+    schema is read by a later one as the entity itself is. Read with
+    opay.actors.registry.read_event (the registry's codec knows every kind's states)."""
 
     id: str
     type: str
     created_at_ms: int
-    state: S
+    snapshot: bytes

@@ -21,12 +21,12 @@ class EventBody(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 _encoder = msgspec.json.Encoder()
 
 
-def render(event: Event, public_url: str) -> bytes:
-    """The event's body, its resource URLs built from `public_url` (OPAY_PUBLIC_URL)."""
-    if isinstance(event.state, IncomingPayment):
-        data: wire.IncomingPaymentView | wire.OutgoingPaymentView = wire.incoming_payment(event.state, public_url)
-    elif isinstance(event.state, OutgoingPayment):
-        data = wire.outgoing_payment(event.state, public_url)
+def render(event: Event, state: object, public_url: str) -> bytes:
+    """The body of `event`, which holds `state`, its resource URLs built from `public_url` (OPAY_PUBLIC_URL)."""
+    if isinstance(state, IncomingPayment):
+        data: wire.IncomingPaymentView | wire.OutgoingPaymentView = wire.incoming_payment(state, public_url)
+    elif isinstance(state, OutgoingPayment):
+        data = wire.outgoing_payment(state, public_url)
     else:
-        raise ValueError(f"no webhook view for {type(event.state).__name__}")
+        raise ValueError(f"no webhook view for {type(state).__name__}")
     return _encoder.encode(EventBody(id=event.id, type=event.type, created_at=format_ms(event.created_at_ms), data=data))
