@@ -200,4 +200,6 @@ KIND = EntityKind(
     handlers=HANDLERS,
     journal_keys=JOURNAL_KEYS,
     timer=ExpireIncomingPayment,
+    schema=2,
+    upgrades={1: rules.upgrade_from_schema_1},
 )
