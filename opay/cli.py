@@ -60,6 +60,7 @@ def _run(role: str, ready_fd: int | None = None) -> int:
     processes = 1 if ready_fd is not None or role == "head" else settings.frontend_processes or os.cpu_count() or 1
     embedded = None
     redis_reached = False
+    ray_line = None
     try:
         redis_url = settings.redis_url
         if redis_url:
@@ -67,7 +68,12 @@ def _run(role: str, ready_fd: int | None = None) -> int:
             say("redis", reach.shown_url(redis_url))
         else:
             embedded = EmbeddedRedis(Path(settings.data_dir) / "redis", settings.redis_port)
-            embedded.start()
+            embedded.launch()
+            # Ray starts while redis-server reads its AOF back: a restart on much stored data
+            # waits for the longer of the two, not for their sum. (If Redis then fails, the
+            # exit's atexit hook that ray.init installs stops this Ray.)
+            ray_line = start_ray(settings)
+            embedded.wait_ready()
             redis_url = embedded.url
             say("redis", f"{redis_url}  (AOF under {embedded.data_dir})")
         redis_reached = True
@@ -76,7 +82,7 @@ def _run(role: str, ready_fd: int | None = None) -> int:
             # The children join Ray and find the shards; this parent only keeps them running.
             code = _supervise(settings, processes, redis_url, settings.ray_address, count, None, show_token)
         else:
-            code = _on_ray(settings, role, processes, redis_url, count, show_token, ready_fd)
+            code = _on_ray(settings, role, processes, redis_url, count, show_token, ready_fd, ray_line)
     except reach.Unreachable as error:
         print(f"opay: {error}", file=sys.stderr, flush=True)
         return 1
@@ -94,11 +100,14 @@ def _run(role: str, ready_fd: int | None = None) -> int:
     return code
 
 
-def _on_ray(settings: Settings, role: str, processes: int, redis_url: str, count: int, show_token: bool, ready_fd: int | None) -> int:
-    """Join or start Ray, find or create the shards, then the role's work until stopped."""
+def _on_ray(
+    settings: Settings, role: str, processes: int, redis_url: str, count: int, show_token: bool, ready_fd: int | None, ray_line: str | None
+) -> int:
+    """Join or start Ray (unless done: `ray_line` says what it is), find or create the shards,
+    then the role's work until stopped."""
     import ray
 
-    say("ray", start_ray(settings))
+    say("ray", ray_line or start_ray(settings))
     shards = None
     try:
         shards = ShardDirectory(settings, redis_url, count, create=role != "frontend", wait_seconds=SHARDS_WAIT_SECONDS)

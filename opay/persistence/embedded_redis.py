@@ -62,6 +62,12 @@ class EmbeddedRedis:
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        """The redis-server process, not waited for: it reads its AOF back meanwhile."""
+        assert self._process is None or self._process.poll() is not None, "it is running"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / "redis.log", "ab")
         self._process = subprocess.Popen(
@@ -70,6 +76,11 @@ class EmbeddedRedis:
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
         )
+
+    def wait_ready(self) -> None:
+        """Until it answers: within START_TIMEOUT_SECONDS, or LOAD_TIMEOUT_SECONDS once it
+        says it is loading; else it is stopped and this raises."""
+        assert self._process is not None, "launch() first"
         client = redis.Redis.from_url(self.url, socket_timeout=1.0)
         started = time.monotonic()
         limit = START_TIMEOUT_SECONDS
