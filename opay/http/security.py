@@ -8,6 +8,7 @@ An outage anywhere on that path is 503, never 401.
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import msgspec
 import redis
@@ -90,10 +91,12 @@ async def verify_request_signature(
         raise unauthorized(settings, error.code, error.description) from None
 
 
-async def client_key(client: ClientRef, keyid: str, client_keys: ClientKeys, *, unusable: ApiError | None = None) -> Jwk | None:
+async def client_key(
+    client: ClientRef, keyid: str, client_keys: ClientKeys, *, unusable: Callable[[], ApiError] | None = None
+) -> Jwk | None:
     """The client's key `keyid`. A client whose wallet address cannot give keys is 400
-    invalid_client (the authorization server's answer; `unusable` replaces it, keeping the
-    reason); an outage on the way is 503."""
+    invalid_client (the authorization server's answer; the error `unusable` makes replaces
+    it, keeping the reason: made only then, not on every request); an outage on the way is 503."""
     if client.jwk is not None:
         return client.jwk if client.jwk.kid == keyid else None
     assert client.walletAddress is not None
@@ -102,7 +105,8 @@ async def client_key(client: ClientRef, keyid: str, client_keys: ClientKeys, *, 
     except KeysUnavailable:
         raise ApiError.of("unavailable", "keys_unavailable", "the client's keys could not be fetched; retry shortly") from None
     except ClientUnusable as error:
-        status, code, headers = (400, "invalid_client", None) if unusable is None else (unusable.status, unusable.code, unusable.headers)
+        instead = None if unusable is None else unusable()
+        status, code, headers = (400, "invalid_client", None) if instead is None else (instead.status, instead.code, instead.headers)
         raise ApiError(
             status,
             code,
@@ -136,7 +140,7 @@ async def authenticate(
     except signatures.SignatureError as error:
         raise unauthorized(settings, error.code, error.description) from None
     # The token's client no longer gives usable keys: it cannot prove it holds the token.
-    key = await client_key(answer.client, keyid, client_keys, unusable=unauthorized(settings, "invalid_client", ""))
+    key = await client_key(answer.client, keyid, client_keys, unusable=lambda: unauthorized(settings, "invalid_client", ""))
     if key is None:
         raise unauthorized(settings, "invalid_signature", f"the client has no key {keyid}")
     await verify_request_signature(request, body, settings, key, parsed)
