@@ -163,6 +163,12 @@ class Run:
         threads = [t for t in self.threads if t["answered"]]
         return max(t["last"] for t in threads) - min(t["first"] for t in threads) if threads else 0.0
 
+    @property
+    def accepting_seconds(self) -> float:
+        """From the first request to the last 2xx answer: how long the server took what it took."""
+        threads = [t for t in self.threads if t.get("last_ok")]
+        return max(t["last_ok"] for t in threads) - min(t["first"] for t in threads) if threads else 0.0
+
     def per_second(self, count: int) -> float:
         return count / self.seconds if self.seconds else 0.0
 
@@ -410,8 +416,10 @@ async def hot(b: Bench, round_: int, state: dict) -> tuple[Run, list[tuple[bool,
         (received <= cap, f"receivedAmount {received:,} {'<=' if received <= cap else '>'} cap {cap:,}: overshoot {max(0, received - cap)}"
          + (", cap reached" if received == cap else ", cap not reached")),
     ]
-    accepted = run.statuses[200]
-    text = f"credits accepted {accepted:,} ({run.per_second(accepted):,.0f}/s), refused once the cap was reached {run.statuses[409]:,}\n{'':<9}"
+    accepted, accepting = run.statuses[200], run.accepting_seconds
+    until_cap = f"{accepted / accepting:,.0f}/s over the {accepting:.1f} s until the last was accepted" if accepting else "none accepted"
+    text = (f"credits accepted {accepted:,} ({run.per_second(accepted):,.0f}/s over the window; {until_cap}), "
+            f"refused once the cap was reached {run.statuses[409]:,}\n{'':<9}")
     return run, checks, text + run.cpu_text(run.answered)
 
 

@@ -27,6 +27,7 @@ local HOUR_MS = 3600 * 1000
 -- Per-thread figures, each a global number: done() reads them with thread:get(), which
 -- cannot copy tables (wrk 4.1's script_copy_value pops one value too many and crashes).
 replay_sent, replay_answered, replay_first, replay_last, replay_matched = 0, 0, 0, 0, 0
+replay_last_ok = 0 -- when the last 2xx came: a capped payment's credits stop being accepted there
 replay_started = false -- false until the first delay(): wrk calls request() once before, to inspect it
 
 M.KINDS = { "incoming", "quote", "outgoing", "get" } -- flow.lua's requests, counted apart
@@ -73,6 +74,7 @@ end
 function M.answered(status)
   replay_answered = replay_answered + 1
   replay_last = M.now()
+  if status >= 200 and status < 300 then replay_last_ok = replay_last end
   local name = counted[status]
   if not name then
     name = "replay_s_" .. status
@@ -169,7 +171,7 @@ function M.done(summary, latency, _)
   }
   for index, thread in ipairs(threads) do
     local mine = { statuses = {}, kinds = {} }
-    for _, name in ipairs({ "sent", "answered", "first", "last", "matched", "unsettled" }) do
+    for _, name in ipairs({ "sent", "answered", "first", "last", "last_ok", "matched", "unsettled" }) do
       mine[name] = thread:get("replay_" .. name) or 0
     end
     for status = M.STATUSES.first, M.STATUSES.last do
