@@ -3,11 +3,15 @@ and holding them so changes nothing the entity says or stores (real redis-server
 
 from __future__ import annotations
 
-from opay.actors.entity import SHARED_MAX, Shared
+import redis
+
+from opay.actors import registry
+from opay.actors.entity import NO_JOURNAL, SHARED_MAX, EntityHost, Shared
 from opay.actors.messages import CreditIncomingPayment, Credited, ExpireIncomingPayment, Nothing, OpenIncomingPayment, State
 from opay.actors.registry import codec
 from opay.clock import now_ms
 from opay.persistence import keys
+from opay.persistence.snapshots import SnapshotStore
 from tests.test_entity_host import client_for, host_for, new_payment
 
 
@@ -46,14 +50,56 @@ def test_the_table_is_bounded_and_skips_what_cannot_be_shared() -> None:
 
 
 def test_an_entity_without_journal_entries_holds_none_and_still_records_its_next(embedded) -> None:
-    from opay.actors.entity import NO_JOURNAL
-
     host = host_for(embedded)
     entity_id, payment = new_payment()
     assert isinstance(host.handle([OpenIncomingPayment(entity_id, payment)], now_ms()).replies[0], State)
-    assert host._active[entity_id].journal is NO_JOURNAL
+    assert host._active[entity_id].journal is NO_JOURNAL and host.held_journal(entity_id) == 0
     for _ in range(2):  # the first records the key, the second is answered from it
         reply = host.handle([CreditIncomingPayment(entity_id, 7, "operator", "k")], now_ms()).replies[0]
         assert isinstance(reply, Credited) and reply.received_now == 7
-    assert host._active[entity_id].journal is not NO_JOURNAL and host.held_journal(entity_id) == 1
+    assert host.held_journal(entity_id) == 1
     assert client_for(embedded).hget(keys.journal(entity_id, 0), "operator:k") is not None
+
+
+def hmgets(raw: redis.Redis) -> int:
+    """HMGETs Redis has served: how journal entries are read, with a batch or on demand."""
+    return int(raw.info("commandstats").get("cmdstat_hmget", {}).get("calls", 0))
+
+
+def test_a_whole_journal_holds_its_keys_hashes_and_reads_an_entry_only_for_a_replay(embedded) -> None:
+    raw = client_for(embedded)
+    # As a shard builds it: its commands name the journal keys they will read.
+    host = EntityHost(SnapshotStore(raw), registry.HANDLERS, 100, journal_keys=registry.JOURNAL_KEYS)
+    entity_id, payment = new_payment(incoming_amount=None)
+    host.handle([OpenIncomingPayment(entity_id, payment)], now_ms())
+    first = [host.handle([CreditIncomingPayment(entity_id, 2, "operator", f"k{n}")], now_ms()).replies[0] for n in range(3)]
+    active = host._active[entity_id]
+    # Between batches: no entry, no key, only a hash per key Redis has.
+    assert active.whole and active.journal is NO_JOURNAL
+    assert sorted(active.present) == sorted(hash(f"operator:k{n}") for n in range(3))
+
+    # A fresh key is known absent without a read.
+    reads = hmgets(raw)
+    [fresh] = host.handle([CreditIncomingPayment(entity_id, 5, "operator", "k3")], now_ms()).replies
+    assert isinstance(fresh, Credited) and fresh.outcome.accepted and not fresh.replayed and fresh.received_now == 11
+    assert hmgets(raw) == reads
+
+    # A replay reads its entry (with its batch: the credit names its key) and answers the first outcome.
+    [replay] = host.handle([CreditIncomingPayment(entity_id, 2, "operator", "k1")], now_ms()).replies
+    assert isinstance(replay, Credited) and replay.replayed and replay.outcome == first[1].outcome and replay.received_now == 11
+    assert hmgets(raw) == reads + 1 and host.journal_reads == 0
+    # What a batch read stays held for the next (a working set: an ILP dedupe bucket, a reservation).
+    assert host._active[entity_id].journal == {"operator:k1": raw.hget(keys.journal(entity_id, 0), "operator:k1")}
+    [again] = host.handle([CreditIncomingPayment(entity_id, 2, "operator", "k1")], now_ms()).replies
+    assert again.replayed and again.outcome == first[1].outcome and hmgets(raw) == reads + 1
+    [reused] = host.handle([CreditIncomingPayment(entity_id, 3, "operator", "k0")], now_ms()).replies
+    assert reused.code == "idempotency_key_reused"
+
+    # A hash held for a key Redis does not have (two keys of one hash): read, found absent, applied once.
+    reads = hmgets(raw)
+    host._active[entity_id].present += (hash("operator:k4"),)
+    [other] = host.handle([CreditIncomingPayment(entity_id, 1, "operator", "k4")], now_ms()).replies
+    assert isinstance(other, Credited) and other.outcome.accepted and not other.replayed and other.received_now == 12
+    assert hmgets(raw) == reads + 1
+    assert codec.decode_state(raw.hget(keys.entity(entity_id, 0), "s")).received == 12
+    assert raw.hlen(keys.journal(entity_id, 0)) == 5

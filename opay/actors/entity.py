@@ -13,7 +13,10 @@ Redis) is not loaded whole: a small one is (one HSCAN that ends, so a fresh key 
 absent without a read), a large one is read per key. The commands of a batch name the
 keys they will ask for (`journal_keys`), and those are read in the same pipelined round
 trip as the batch's snapshots; a key no command named is read on demand. At most
-JOURNAL_HELD_MAX entries per entity stay in memory between batches.
+JOURNAL_HELD_MAX entries per entity stay in memory between batches. Of a journal held
+whole, the entries its last batch read stay (a working set: ILP dedupe buckets, a grant's
+reservation being settled); of the others only which keys they are (their hashes): a
+fresh key is still known absent without a read, and a replay reads its entry with its batch.
 """
 
 from __future__ import annotations
@@ -101,28 +104,45 @@ NO_JOURNAL: Mapping[str, bytes | None] = MappingProxyType({})
 
 
 class Active(msgspec.Struct, gc=False):
-    """gc=False: it holds a state and a dict, never itself, so it is in no cycle."""
+    """gc=False: it holds a state, a dict and a tuple, never itself, so it is in no cycle."""
 
     version: int
     state: object | None  # None: no snapshot yet (never kept between batches)
     # Entries read from (or committed to) Redis; None: known absent from it.
     journal: dict[str, bytes | None]
-    # The journal holds every entry Redis has: a key missing from it is absent.
+    # Redis has no entry but those in `journal` or named by `present`: any other key is absent.
     whole: bool
+    # Of a whole journal, between batches: hash() of each key Redis has an entry for that
+    # the last batch did not read, in place of the entry (a key and its outcome are a few
+    # hundred bytes, its hash 36, and a resident incoming payment holds one per credit). A
+    # key whose hash is here is read from Redis when asked for: a replay, or two keys of
+    # one hash (then it is absent).
+    present: tuple[int, ...] = ()
 
     def held(self) -> None:
         """Trim to the bound between batches: what is dropped is still in Redis."""
-        if len(self.journal) > JOURNAL_HELD_MAX:
-            self.whole = False
-            for key in list(self.journal)[: len(self.journal) - JOURNAL_HELD_MAX]:
+        if len(self.journal) + len(self.present) > JOURNAL_HELD_MAX:
+            self.whole, self.present = False, ()
+            for key in list(self.journal)[: max(0, len(self.journal) - JOURNAL_HELD_MAX)]:
                 del self.journal[key]  # type: ignore[attr-defined]
-        assert len(self.journal) <= JOURNAL_HELD_MAX
+        assert len(self.journal) + len(self.present) <= JOURNAL_HELD_MAX
 
-    def idle(self) -> None:
-        """Held until its next batch: trimmed, and an empty journal is NO_JOURNAL."""
+    def idle(self, read: set[str] | tuple[()] = ()) -> None:
+        """Held until its next batch: trimmed; a whole journal keeps the entries in `read`
+        (what the batch's commands read) and of the others their keys' hashes; an empty
+        journal is NO_JOURNAL."""
+        if self.whole and self.journal:
+            kept = {key: entry for key, entry in self.journal.items() if key in read and entry is not None}
+            hashed = {hash(key) for key, entry in self.journal.items() if entry is not None and key not in kept}
+            self.present = tuple(hashed.union(self.present).difference(hash(key) for key in kept))
+            self.journal = kept
         self.held()
         if not self.journal:
             self.journal = NO_JOURNAL  # type: ignore[assignment]
+
+    def may_hold(self, key: str) -> bool:
+        """Whether Redis may have an entry for `key` that `journal` does not show."""
+        return key not in self.journal and (not self.whole or hash(key) in self.present)
 
 
 class Step:
@@ -139,6 +159,8 @@ class Step:
         shard: int = 0,
         whole: bool = True,
         fetch: Callable[[str], bytes | None] | None = None,
+        present: tuple[int, ...] = (),
+        read: set[str] | None = None,
     ) -> None:
         self.entity_id = entity_id
         self.shard = shard  # the shard hosting it: every key its effects touch carries its tag
@@ -151,14 +173,22 @@ class Step:
         self._journal = journal
         self._pending = pending
         self._whole = whole
+        self._present = present  # Active.present: of a whole journal, the keys Redis has
+        self._read = read  # the keys whose entries this entity's commands read, this batch
         self._fetch = fetch
 
     def journal_entry(self, key: str) -> bytes | None:
+        found = self._entry(key)
+        if found is not None and self._read is not None:
+            self._read.add(key)
+        return found
+
+    def _entry(self, key: str) -> bytes | None:
         if key in self._pending:
             return self._pending[key]
         if key in self._journal:
             return self._journal[key]
-        if self._whole:
+        if self._whole and hash(key) not in self._present:
             return None
         assert self._fetch is not None, "a journal not held whole needs a way to read it"
         self._journal[key] = found = self._fetch(key)  # one round trip: `journal_keys` avoids it
@@ -262,9 +292,10 @@ class EntityHost:
         return len(self._active)
 
     def held_journal(self, entity_id: str) -> int | None:
-        """How many journal entries an active entity holds in memory (None: not active)."""
+        """How many journal entries (or keys, of a journal held whole) an active entity holds
+        in memory between batches (None: not active)."""
         active = self._active.get(entity_id)
-        return None if active is None else len(active.journal)
+        return None if active is None else len(active.journal) + len(active.present)
 
     def handle(self, commands: list[Command], now_ms: int) -> BatchResult:
         replies: list[Reply | None] = [None] * len(commands)
@@ -273,6 +304,7 @@ class EntityHost:
             mailboxes.setdefault(command.entity_id, []).append(position)
 
         present = self._activate(commands, replies, mailboxes)
+        read: dict[str, set[str]] = {}  # per entity, the journal keys its commands read
         writes: list[EntityWrite] = []
         staged: list[tuple[str, Active, object, dict[str, bytes]]] = []
         tells: dict[str, list[Tell]] = {}
@@ -280,7 +312,7 @@ class EntityHost:
             if entity_id not in present:
                 continue
             try:
-                planned = self._apply(entity_id, present[entity_id], [commands[p] for p in positions], now_ms)
+                planned = self._apply(entity_id, present[entity_id], [commands[p] for p in positions], now_ms, read.setdefault(entity_id, set()))
             except redis.RedisError:
                 # A journal entry read on demand failed: nothing was decided.
                 self._active.pop(entity_id, None)
@@ -308,17 +340,18 @@ class EntityHost:
         assert all(reply is not None for reply in replies)
         for entity_id in mailboxes:
             if entity_id in self._active:
-                self._active[entity_id].idle()  # entries read during the batch count too
+                self._active[entity_id].idle(read.get(entity_id, ()))  # entries read during the batch count too
         # A Tell leaves only if what its entity decided is durable; entities that told
         # without writing (e.g. re-asking after a restart) tell from committed state.
         sent = [tell for entity_id, asked in tells.items() if entity_id not in committed or committed[entity_id] for tell in asked]
         return BatchResult(replies, sent)  # type: ignore[arg-type]
 
     def _apply(
-        self, entity_id: str, active: Active, mailbox: list[Command], now_ms: int
+        self, entity_id: str, active: Active, mailbox: list[Command], now_ms: int, read: set[str]
     ) -> tuple[list[Reply], object, EntityWrite | None, dict[str, bytes], list[Tell]]:
         """One entity's mailbox for this batch, one command at a time: the replies, the new
-        state and its write (None if nothing changed), new journal entries, what it tells."""
+        state and its write (None if nothing changed), new journal entries, what it tells;
+        the journal keys its commands read are added to `read`."""
         state: object = active.state
         journal = active.journal
         pending: dict[str, bytes] = {}
@@ -332,7 +365,7 @@ class EntityHost:
         asked: list[Tell] = []
         replies: list[Reply] = []
         for command in mailbox:
-            step = Step(entity_id, now_ms, state, journal, pending, events, self._shard, active.whole, fetch)
+            step = Step(entity_id, now_ms, state, journal, pending, events, self._shard, active.whole, fetch, active.present, read)
             self._handlers[type(command)](command, state, step)
             if step.reply is None:  # a fault in the kind's handler: fails this entity's batch only
                 raise TypeError(f"{type(command).__name__} left no reply")
@@ -362,10 +395,10 @@ class EntityHost:
                 present[entity_id] = active
             else:
                 missing.append(entity_id)
-            if active is not None and active.whole:
+            if active is not None and active.whole and not active.present:
                 continue
             named = {key: None for p in positions for key in self._named(commands[p])}
-            names = [key for key in named if active is None or key not in active.journal]
+            names = [key for key in named if active is None or active.may_hold(key)]
             if names:
                 wanted[entity_id] = names
         try:
@@ -432,7 +465,7 @@ class EntityHost:
                 if self._on_commit is not None:
                     self._on_commit(active.state, state)
                 active.journal.update(pending)
-                self._remember(entity_id, Active(writes[n].expected_version + 1, state, active.journal, active.whole))  # type: ignore[arg-type]
+                self._remember(entity_id, Active(writes[n].expected_version + 1, state, active.journal, active.whole, active.present))  # type: ignore[arg-type]
                 continue
             # Conflict: another activation won. Unknown: Redis did not say, twice. Either
             # way forget the entity, so the next command re-reads whatever Redis holds;
