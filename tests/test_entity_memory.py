@@ -6,7 +6,7 @@ from __future__ import annotations
 import redis
 
 from opay.actors import registry
-from opay.actors.entity import NO_JOURNAL, SHARED_MAX, EntityHost, Shared
+from opay.actors.entity import NO_JOURNAL, SHARED_MAX, Active, EntityHost, Shared
 from opay.actors.messages import CreditIncomingPayment, Credited, ExpireIncomingPayment, Nothing, OpenIncomingPayment, State
 from opay.actors.registry import codec
 from opay.clock import now_ms
@@ -57,7 +57,8 @@ def test_an_entity_without_journal_entries_holds_none_and_still_records_its_next
     for _ in range(2):  # the first records the key, the second is answered from it
         reply = host.handle([CreditIncomingPayment(entity_id, 7, "operator", "k")], now_ms()).replies[0]
         assert isinstance(reply, Credited) and reply.received_now == 7
-    assert host.held_journal(entity_id) == 1
+    # The entry (the replay read it) and the hash it had before: a hash stays once held.
+    assert host.held_journal(entity_id) == 2 and set(host._active[entity_id].journal) == {"operator:k"}
     assert client_for(embedded).hget(keys.journal(entity_id, 0), "operator:k") is not None
 
 
@@ -94,6 +95,8 @@ def test_a_whole_journal_holds_its_keys_hashes_and_reads_an_entry_only_for_a_rep
     assert again.replayed and again.outcome == first[1].outcome and hmgets(raw) == reads + 1
     [reused] = host.handle([CreditIncomingPayment(entity_id, 3, "operator", "k0")], now_ms()).replies
     assert reused.code == "idempotency_key_reused"
+    # Read once, held from then on: k1 stays held through a batch that does not read it.
+    assert set(host._active[entity_id].journal) == {"operator:k0", "operator:k1"}
 
     # A hash held for a key Redis does not have (two keys of one hash): read, found absent, applied once.
     reads = hmgets(raw)
@@ -103,3 +106,22 @@ def test_a_whole_journal_holds_its_keys_hashes_and_reads_an_entry_only_for_a_rep
     assert hmgets(raw) == reads + 1
     assert codec.decode_state(raw.hget(keys.entity(entity_id, 0), "s")).received == 12
     assert raw.hlen(keys.journal(entity_id, 0)) == 5
+
+
+class Colliding(str):
+    """A key of the one hash every Colliding has: two keys of one hash, made on purpose."""
+
+    def __hash__(self) -> int:
+        return 7
+
+
+def test_a_hash_held_for_two_keys_stays_when_one_of_them_is_read_and_held() -> None:
+    a, b = Colliding("operator:a"), Colliding("operator:b")
+    _, payment = new_payment()
+    # Redis holds a and b; neither was read, so the journal holds their one hash.
+    active = Active(2, payment, {}, True, (7,))
+    active.journal = {a: b"first outcome of a"}  # a's entry, read by a replay this batch
+    active.idle({a})
+    assert active.journal == {a: b"first outcome of a"}
+    assert active.may_hold(b), "b's entry is in Redis: b must be read, not taken as absent"
+    assert not active.may_hold("operator:c") or hash("operator:c") == 7

@@ -14,9 +14,10 @@ absent without a read), a large one is read per key. The commands of a batch nam
 keys they will ask for (`journal_keys`), and those are read in the same pipelined round
 trip as the batch's snapshots; a key no command named is read on demand. At most
 JOURNAL_HELD_MAX entries per entity stay in memory between batches. Of a journal held
-whole, the entries its last batch read stay (a working set: ILP dedupe buckets, a grant's
-reservation being settled); of the others only which keys they are (their hashes): a
-fresh key is still known absent without a read, and a replay reads its entry with its batch.
+whole, the entries a command has read stay (a working set: ILP dedupe buckets, a grant's
+reservations); of those only ever written (an operator credit's outcome, read again only
+by a replay) only which keys they are (their hashes): a fresh key is still known absent
+without a read, and a replay reads its entry with its batch.
 """
 
 from __future__ import annotations
@@ -112,11 +113,12 @@ class Active(msgspec.Struct, gc=False):
     journal: dict[str, bytes | None]
     # Redis has no entry but those in `journal` or named by `present`: any other key is absent.
     whole: bool
-    # Of a whole journal, between batches: hash() of each key Redis has an entry for that
-    # the last batch did not read, in place of the entry (a key and its outcome are a few
-    # hundred bytes, its hash 36, and a resident incoming payment holds one per credit). A
-    # key whose hash is here is read from Redis when asked for: a replay, or two keys of
-    # one hash (then it is absent).
+    # Of a whole journal, between batches: hash() of each key Redis has an entry for that no
+    # command has read since activation, in place of the entry (a key and its outcome are a
+    # few hundred bytes, its hash 36, and a resident incoming payment holds one per credit).
+    # A key whose hash is here is read from Redis when asked for: a replay, or two keys of
+    # one hash (then it is absent). A hash stays once here, even when its key's entry is
+    # read and held again: it may stand for another key too.
     present: tuple[int, ...] = ()
 
     def held(self) -> None:
@@ -129,12 +131,12 @@ class Active(msgspec.Struct, gc=False):
 
     def idle(self, read: set[str] | tuple[()] = ()) -> None:
         """Held until its next batch: trimmed; a whole journal keeps the entries in `read`
-        (what the batch's commands read) and of the others their keys' hashes; an empty
-        journal is NO_JOURNAL."""
+        (read by a command, this batch or before) and of the others their keys' hashes; an
+        empty journal is NO_JOURNAL."""
         if self.whole and self.journal:
             kept = {key: entry for key, entry in self.journal.items() if key in read and entry is not None}
             hashed = {hash(key) for key, entry in self.journal.items() if entry is not None and key not in kept}
-            self.present = tuple(hashed.union(self.present).difference(hash(key) for key in kept))
+            self.present = tuple(hashed.union(self.present))
             self.journal = kept
         self.held()
         if not self.journal:
@@ -303,8 +305,10 @@ class EntityHost:
         for position, command in enumerate(commands):
             mailboxes.setdefault(command.entity_id, []).append(position)
 
-        present = self._activate(commands, replies, mailboxes)
-        read: dict[str, set[str]] = {}  # per entity, the journal keys its commands read
+        # Per entity, the journal keys whose entries a command has read: this batch, or an
+        # earlier one (what a resident entity holds as entries).
+        read: dict[str, set[str]] = {}
+        present = self._activate(commands, replies, mailboxes, read)
         writes: list[EntityWrite] = []
         staged: list[tuple[str, Active, object, dict[str, bytes]]] = []
         tells: dict[str, list[Tell]] = {}
@@ -380,9 +384,12 @@ class EntityHost:
             raise Oversized(f"snapshot of {entity_id} is {len(snapshot)} bytes")
         return replies, state, EntityWrite(entity_id, active.version, snapshot, effects), pending, asked
 
-    def _activate(self, commands: list[Command], replies: list[Reply | None], mailboxes: dict[str, list[int]]) -> dict[str, Active]:
+    def _activate(
+        self, commands: list[Command], replies: list[Reply | None], mailboxes: dict[str, list[int]], read: dict[str, set[str]]
+    ) -> dict[str, Active]:
         """Each addressed entity, active or loaded now, with the journal entries its commands
-        name: one pipelined round trip for the whole batch (none if nothing is missing)."""
+        name: one pipelined round trip for the whole batch (none if nothing is missing). An
+        active entity's held entries are marked read in `read`, before the batch adds any."""
         present: dict[str, Active] = {}
         missing: list[str] = []
         wanted: dict[str, list[str]] = {}
@@ -392,6 +399,7 @@ class EntityHost:
                 self._active.move_to_end(entity_id)
                 if active.journal is NO_JOURNAL:
                     active.journal = {}
+                read[entity_id] = set(active.journal)
                 present[entity_id] = active
             else:
                 missing.append(entity_id)
