@@ -158,16 +158,19 @@ class Run:
     def ok(self) -> int:
         return sum(count for status, count in self.statuses.items() if 200 <= status < 300)
 
+    def _until(self, last: str) -> float:
+        """From the first request to the threads' latest `last` (a time common.lua notes)."""
+        threads = [t for t in self.threads if t.get(last)]
+        return max(t[last] for t in threads) - min(t["first"] for t in threads) if threads else 0.0
+
     @property
     def seconds(self) -> float:
-        threads = [t for t in self.threads if t["answered"]]
-        return max(t["last"] for t in threads) - min(t["first"] for t in threads) if threads else 0.0
+        return self._until("last")
 
     @property
     def accepting_seconds(self) -> float:
         """From the first request to the last 2xx answer: how long the server took what it took."""
-        threads = [t for t in self.threads if t.get("last_ok")]
-        return max(t["last_ok"] for t in threads) - min(t["first"] for t in threads) if threads else 0.0
+        return self._until("last_ok")
 
     def per_second(self, count: int) -> float:
         return count / self.seconds if self.seconds else 0.0

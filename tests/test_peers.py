@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from opay.actors import ids
-from opay.actors.entity import Step
+from opay.actors.entity import Active, Step
 from opay.persistence.keys import shard_of
 from opay.ilp.oer import Reader
 from opay.ilp.packet import Fulfill, Prepare, decode_packet
@@ -155,7 +155,7 @@ def test_a_valid_peer_keeps_only_a_digest_of_its_incoming_token() -> None:
 def test_totals_move_exactly_in_the_entity_write_and_a_bad_total_refuses_the_whole_write(embedded) -> None:
     client = clients.blocking(embedded.url, 2)
     store = SnapshotStore(client)  # shard 0's entities
-    step = Step("op:sent", 0, None, {}, {}, shard=store.shard)
+    step = Step("op:sent", 0, None, Active(0, None, {}, True), {}, shard=store.shard)
     record_sent(step, "bob", 2**64 - 1)
     record_sent(step, "bob", 2**64 - 1)  # past 2^64 (and past HINCRBY's 2^63 - 1): still exact
     record_received(step, "bob", 5)
@@ -185,7 +185,7 @@ def test_totals_move_exactly_in_the_entity_write_and_a_bad_total_refuses_the_who
 
 
 def _sent(name: str, amount: int) -> list[SideEffect]:
-    step = Step("op:bad", 0, None, {}, {}, shard=0)
+    step = Step("op:bad", 0, None, Active(0, None, {}, True), {}, shard=0)
     record_sent(step, name, amount)
     return step.effects
 

@@ -136,7 +136,8 @@ class Active(msgspec.Struct, gc=False):
         if self.whole and self.journal:
             kept = {key: entry for key, entry in self.journal.items() if key in read and entry is not None}
             hashed = {hash(key) for key, entry in self.journal.items() if entry is not None and key not in kept}
-            self.present = tuple(hashed.union(self.present))
+            if hashed:
+                self.present = tuple(hashed.union(self.present))
             self.journal = kept
         self.held()
         if not self.journal:
@@ -155,13 +156,11 @@ class Step:
         entity_id: str,
         now_ms: int,
         state: object,
-        journal: dict[str, bytes | None],
+        held: Active,
         pending: dict[str, bytes],
         event_state: Callable[[msgspec.Struct], bytes] | None = None,
         shard: int = 0,
-        whole: bool = True,
         fetch: Callable[[str], bytes | None] | None = None,
-        present: tuple[int, ...] = (),
         read: set[str] | None = None,
     ) -> None:
         self.entity_id = entity_id
@@ -172,10 +171,8 @@ class Step:
         self.reply: Reply | None = None
         self.effects: list[SideEffect] = []
         self.tells: list[Tell] = []
-        self._journal = journal
+        self._held = held  # what the entity holds of its journal: the entries read, and which keys Redis has
         self._pending = pending
-        self._whole = whole
-        self._present = present  # Active.present: of a whole journal, the keys Redis has
         self._read = read  # the keys whose entries this entity's commands read, this batch
         self._fetch = fetch
 
@@ -188,12 +185,13 @@ class Step:
     def _entry(self, key: str) -> bytes | None:
         if key in self._pending:
             return self._pending[key]
-        if key in self._journal:
-            return self._journal[key]
-        if self._whole and hash(key) not in self._present:
+        journal = self._held.journal
+        if key in journal:
+            return journal[key]
+        if not self._held.may_hold(key):
             return None
         assert self._fetch is not None, "a journal not held whole needs a way to read it"
-        self._journal[key] = found = self._fetch(key)  # one round trip: `journal_keys` avoids it
+        journal[key] = found = self._fetch(key)  # one round trip: `journal_keys` avoids it
         return found
 
     def record(self, key: str, outcome: bytes) -> None:
@@ -357,7 +355,6 @@ class EntityHost:
         state and its write (None if nothing changed), new journal entries, what it tells;
         the journal keys its commands read are added to `read`."""
         state: object = active.state
-        journal = active.journal
         pending: dict[str, bytes] = {}
 
         def fetch(key: str) -> bytes | None:
@@ -369,7 +366,7 @@ class EntityHost:
         asked: list[Tell] = []
         replies: list[Reply] = []
         for command in mailbox:
-            step = Step(entity_id, now_ms, state, journal, pending, events, self._shard, active.whole, fetch, active.present, read)
+            step = Step(entity_id, now_ms, state, active, pending, events, self._shard, fetch, read)
             self._handlers[type(command)](command, state, step)
             if step.reply is None:  # a fault in the kind's handler: fails this entity's batch only
                 raise TypeError(f"{type(command).__name__} left no reply")
